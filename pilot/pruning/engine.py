@@ -1,0 +1,459 @@
+"""The pruning engine: ``attach(model, strategy)`` makes a stock LLaVA model drop visual tokens.
+
+How it works. The handle replaces two ``forward`` methods on the model's *instances* (never the
+classes): the multimodal model's, only to note which input positions hold image tokens, and the
+language model's, with ``_PrunedDecoder``: our own loop over the decoder layers. Between layers
+the loop removes visual tokens for real: hidden states, positions, the padding mask and, since
+each later layer writes its own KV cache, the cache of every later layer shrink.
+
+Batches are left-padded. After each drop every sample is re-packed (kept tokens in order, padding
+on the left), so samples that keep different numbers of tokens (LLaVA-NeXT) share one batch.
+
+Decoding. Prefill records, per stage, the padding mask and the next free position. A decoding
+step appends its token to every layer's cache; a layer of stage s sees that stage's mask plus
+the decoded tokens, and the new token's position follows stage s's last position ("compact":
+positions renumbered after each drop, so the new token follows the last kept token;
+"original": positions kept, the new token follows the original prompt).
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from transformers import DynamicCache
+from transformers.modeling_outputs import BaseModelOutputWithPast
+
+from pilot.pruning import families
+from pilot.pruning.scores import normalise, query_attention, token_transition
+from pilot.pruning.strategies import (
+    FastV,
+    RandomPrune,
+    Strategy,
+    TransPrune,
+    kept_count,
+    parse,
+)
+
+
+@dataclass
+class StageTrace:
+    """One pruning stage of one prefill. Tensors are per sample, padded with -1 / NaN.
+
+    ``candidates`` [batch, n] are the original visual indices present before the stage (in
+    order); ``ttv``/``iga``/``score`` [batch, n] are aligned with them; ``kept`` [batch, k] are
+    the original indices kept, ascending.
+    """
+
+    after_layer: int
+    keep: float
+    candidates: torch.Tensor
+    kept: torch.Tensor
+    score: torch.Tensor
+    ttv: torch.Tensor | None = None
+    iga: torch.Tensor | None = None
+
+
+@dataclass
+class PruneTrace:
+    """What the last prefill did."""
+
+    strategy: str
+    visual_tokens_original: torch.Tensor  # [batch]
+    visual_tokens_per_layer: torch.Tensor  # [batch, n_layers]: visual tokens each layer saw
+    stages: list[StageTrace] = field(default_factory=list)
+    pooled_origin: torch.Tensor | None = None  # TokenPool: [batch, n] top-left index of each window
+
+    @property
+    def kept(self) -> list[torch.Tensor]:
+        return [stage.kept for stage in self.stages]
+
+
+@dataclass
+class _Layout:
+    """The token layout of one stage: left-padded rows, one per sample."""
+
+    hidden: torch.Tensor  # [batch, seq, hidden]
+    valid: torch.Tensor  # [batch, seq] bool: not padding
+    positions: torch.Tensor  # [batch, seq] long
+    visual_index: torch.Tensor  # [batch, seq] long: original visual index, -1 for text/padding
+
+    @property
+    def visual(self) -> torch.Tensor:
+        return self.valid & (self.visual_index >= 0)
+
+
+@dataclass
+class _DecodeState:
+    prompt_length: int  # columns of the prefill's attention mask
+    stage_valid: list[torch.Tensor]  # per stage [batch, seq_s]
+    stage_next_position: list[torch.Tensor]  # per stage [batch]
+    layer_stage: list[int]  # stage of each decoder layer
+
+
+def attention_mask_4d(valid: torch.Tensor, n_query: int, implementation: str, dtype) -> torch.Tensor:
+    """Causal + padding mask for the last ``n_query`` of ``valid.shape[1]`` keys.
+
+    Boolean for sdpa (True = attend), additive for eager. A padding query attends to itself
+    only, so no row is empty (an empty row gives NaN in sdpa).
+    """
+    n_key = valid.shape[1]
+    key_index = torch.arange(n_key, device=valid.device)
+    query_index = key_index[n_key - n_query :]
+    causal = key_index[None, :] <= query_index[:, None]
+    allowed = (causal[None] & valid[:, None, :]) | (key_index[None, :] == query_index[:, None])[None]
+    allowed = allowed[:, None]
+    if implementation == "eager":
+        return torch.zeros(allowed.shape, dtype=dtype, device=valid.device).masked_fill(
+            ~allowed, torch.finfo(dtype).min
+        )
+    return allowed
+
+
+def _compact_positions(valid: torch.Tensor) -> torch.Tensor:
+    return (valid.long().cumsum(dim=1) - 1).clamp_min(0)
+
+
+def _next_position(layout: _Layout) -> torch.Tensor:
+    return layout.positions.masked_fill(~layout.valid, -1).max(dim=1).values + 1
+
+
+def _pack_left(values: torch.Tensor, select: torch.Tensor, fill) -> torch.Tensor:
+    """Per row, the selected values in order, left-aligned, padded with ``fill``."""
+    width = int(select.sum(dim=1).max().item()) if select.numel() else 0
+    order = torch.argsort((~select).to(torch.int8), dim=1, stable=True)[:, :width]
+    packed = values.gather(1, order)
+    return packed.masked_fill(~select.gather(1, order), fill)
+
+
+def _repack(layout: _Layout, keep: torch.Tensor, positions: str, extra: torch.Tensor | None = None):
+    """Keep the ``keep`` tokens of each row, in order, re-padded on the left."""
+    counts = keep.sum(dim=1)
+    length = int(counts.max().item())
+    order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)
+    source = torch.arange(length, device=keep.device)[None, :] - (length - counts)[:, None]
+    valid = source >= 0
+    index = order.gather(1, source.clamp_min(0))
+    hidden = layout.hidden.gather(1, index[..., None].expand(-1, -1, layout.hidden.shape[-1]))
+    visual_index = layout.visual_index.gather(1, index).masked_fill(~valid, -1)
+    if positions == "original":
+        new_positions = layout.positions.gather(1, index).masked_fill(~valid, 0)
+    else:
+        new_positions = _compact_positions(valid)
+    new_extra = extra.gather(1, index).masked_fill(~valid, 0) if extra is not None else None
+    return _Layout(hidden, valid, new_positions, visual_index), new_extra
+
+
+class PruningHandle:
+    """Returned by ``attach``. ``last_trace`` describes the last prefill; ``detach()`` restores."""
+
+    def __init__(self, model: nn.Module, strategy: Strategy):
+        self.model = model
+        self.language_model = families.check_supported(model)
+        self.depth = len(self.language_model.layers)
+        self.strategy = parse(strategy).resolve(self.depth)
+        self.last_trace: PruneTrace | None = None
+        # Set to a trace's ``kept`` to force the same selection (e.g. to recompute without cache).
+        self.replay_kept: list[torch.Tensor] | None = None
+        self._states: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._image_mask: torch.Tensor | None = None
+        self._attached = False
+
+    # -- attach / detach -------------------------------------------------------------------
+    def _attach(self) -> PruningHandle:
+        multimodal = self.model.model
+        if "forward" in vars(multimodal) or "forward" in vars(self.language_model):
+            raise RuntimeError(f"{type(self.model).__name__} already has a pruning handle; detach it first")
+        original_multimodal = multimodal.forward
+
+        def multimodal_forward(*args, **kwargs):
+            self._image_mask = self._find_image_tokens(multimodal, args, kwargs)
+            try:
+                return original_multimodal(*args, **kwargs)
+            finally:
+                self._image_mask = None
+
+        multimodal.forward = multimodal_forward
+        self.language_model.forward = self._language_model_forward
+        self._attached = True
+        return self
+
+    def detach(self) -> None:
+        """Restore the model exactly: the class methods are used again."""
+        if self._attached:
+            del self.model.model.forward
+            del self.language_model.forward
+            self._attached = False
+
+    def __enter__(self) -> PruningHandle:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.detach()
+
+    def _find_image_tokens(self, multimodal, args, kwargs):
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        image_token = self.model.config.image_token_id
+        if input_ids is not None:
+            mask = input_ids == image_token
+        elif kwargs.get("inputs_embeds") is not None:
+            embeds = kwargs["inputs_embeds"]
+            token = torch.tensor(image_token, device=embeds.device)
+            mask = (embeds == multimodal.get_input_embeddings()(token)).all(-1)
+        else:
+            mask = None
+        return mask
+
+    # -- the language model's forward --------------------------------------------------------
+    def _language_model_forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        position_ids=None,
+        cache=None,
+        inputs_embeds=None,
+        use_cache=None,
+        past_key_values=None,
+        **kwargs,
+    ):
+        lm = self.language_model
+        cache = cache if cache is not None else past_key_values
+        if inputs_embeds is None:
+            inputs_embeds = lm.embed_tokens(input_ids)
+        if attention_mask is not None and attention_mask.ndim != 2:
+            raise ValueError("the pruning engine needs a 2D attention mask (static caches are not supported)")
+        use_cache = lm.config.use_cache if use_cache is None else use_cache
+        if use_cache and cache is None:
+            cache = DynamicCache(config=lm.config)
+        if not use_cache:
+            cache = None
+        state = self._states.get(cache) if cache is not None else None
+        image_mask = self._image_mask
+        if state is not None:
+            hidden = self._decode(inputs_embeds, attention_mask, cache, state)
+        elif image_mask is not None and bool(image_mask.any()):
+            hidden = self._prefill(inputs_embeds, attention_mask, position_ids, cache, image_mask)
+        else:  # no image: the stock forward, unpruned
+            self.last_trace = None
+            return type(lm).forward(
+                lm, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
+                inputs_embeds=inputs_embeds, use_cache=use_cache, **kwargs,
+            )
+        return BaseModelOutputWithPast(last_hidden_state=lm.norm(hidden), cache=cache)
+
+    def _run_layer(self, index: int, hidden, mask, embeddings, positions, cache):
+        layer = self.language_model.layers[index]
+        return layer(
+            hidden, attention_mask=mask, position_embeddings=embeddings,
+            position_ids=positions, cache=cache, use_cache=cache is not None,
+        )
+
+    def _run_layer_with_ttv(self, index: int, hidden, mask, embeddings, positions, cache, valid):
+        """The decoder layer written out, to read each sub-module's input and output for TTV."""
+        layer = self.language_model.layers[index]
+        direction = self.strategy.direction
+        attn_in = layer.input_layernorm(hidden)
+        attn_out, _ = layer.self_attn(
+            hidden_states=attn_in, attention_mask=mask, position_embeddings=embeddings,
+            position_ids=positions, cache=cache,
+        )
+        hidden = hidden + attn_out
+        mlp_in = layer.post_attention_layernorm(hidden)
+        mlp_out = layer.mlp(mlp_in)
+        ttv = token_transition(attn_in, attn_out, valid, direction)
+        ttv = ttv + token_transition(mlp_in, mlp_out, valid, direction)
+        return hidden + mlp_out, ttv
+
+    def _prefill(self, inputs_embeds, attention_mask, position_ids, cache, image_mask):
+        lm = self.language_model
+        strategy = self.strategy
+        implementation = lm.config._attn_implementation
+        batch, length = inputs_embeds.shape[:2]
+        device = inputs_embeds.device
+        valid = (
+            attention_mask.bool() if attention_mask is not None
+            else torch.ones(batch, length, dtype=torch.bool, device=device)
+        )
+        image_mask = image_mask.to(device) & valid
+        positions = _compact_positions(valid) if position_ids is None else position_ids.expand(batch, -1).to(device)
+        visual_index = (image_mask.long().cumsum(dim=1) - 1).masked_fill(~image_mask, -1)
+        layout = _Layout(inputs_embeds, valid, positions, visual_index)
+        n_visual = image_mask.sum(dim=1)
+        trace = PruneTrace(
+            strategy=str(strategy),
+            visual_tokens_original=n_visual.cpu(),
+            visual_tokens_per_layer=torch.zeros(batch, self.depth, dtype=torch.long),
+        )
+        if strategy.pool_factor > 1:
+            layout, trace.pooled_origin = self._pool(layout)
+
+        stage_keep = dict(strategy.stages)
+        last_stage_layer = max(stage_keep, default=0)
+        accumulate = strategy.accumulate_start
+        ttv_sum = torch.zeros(layout.valid.shape, dtype=torch.float32, device=device) if accumulate else None
+
+        state = _DecodeState(length, [], [], [])
+        mask = embeddings = None
+        for index in range(self.depth):
+            if mask is None:  # a new stage: its mask, rotary embeddings and decode bookkeeping
+                mask = attention_mask_4d(layout.valid, layout.valid.shape[1], implementation, layout.hidden.dtype)
+                embeddings = lm.rotary_emb(layout.hidden, position_ids=layout.positions)
+                state.stage_valid.append(layout.valid)
+                state.stage_next_position.append(_next_position(layout))
+            state.layer_stage.append(len(state.stage_valid) - 1)
+            trace.visual_tokens_per_layer[:, index] = layout.visual.sum(dim=1).cpu()
+            layer_number = index + 1  # 1-indexed, as in the schedule
+            if accumulate and accumulate <= layer_number <= last_stage_layer:
+                hidden, ttv = self._run_layer_with_ttv(
+                    index, layout.hidden, mask, embeddings, layout.positions, cache, layout.valid
+                )
+                ttv_sum = ttv_sum + ttv
+            else:
+                hidden = self._run_layer(index, layout.hidden, mask, embeddings, layout.positions, cache)
+            layout.hidden = hidden
+            if layer_number in stage_keep:
+                stage = len(trace.stages)
+                keep_visual, stage_trace = self._select(
+                    stage, layer_number, stage_keep[layer_number], layout, n_visual, ttv_sum, embeddings
+                )
+                trace.stages.append(stage_trace)
+                keep_tokens = (layout.valid & (layout.visual_index < 0)) | keep_visual
+                layout, ttv_sum = _repack(layout, keep_tokens, strategy.position_mode, ttv_sum)
+                mask = None
+        if cache is not None:
+            self._states[cache] = state
+        self.last_trace = trace
+        return layout.hidden
+
+    def _select(self, stage, layer_number, keep, layout, n_visual, ttv_sum, embeddings):
+        """Choose the visual tokens to keep after ``layer_number``; returns a mask and the trace."""
+        strategy = self.strategy
+        candidates = layout.visual
+        length = candidates.shape[1]
+        targets = torch.tensor([kept_count(int(n), keep) for n in n_visual.tolist()], device=candidates.device)
+        targets = torch.minimum(targets, candidates.sum(dim=1))
+        ttv = iga = None
+        if self.replay_kept is not None:
+            kept = self.replay_kept[stage].to(candidates.device)
+            chosen = torch.zeros(candidates.shape[0], int(n_visual.max()) + 1, dtype=torch.bool,
+                                 device=candidates.device)
+            chosen.scatter_(1, kept.clamp_min(0), kept >= 0)
+            score = chosen.gather(1, layout.visual_index.clamp_min(0)).float() * candidates
+        elif isinstance(strategy, RandomPrune):
+            score = torch.zeros(candidates.shape, dtype=torch.float32)
+            for row, count in enumerate(candidates.sum(dim=1).tolist()):
+                generator = torch.Generator().manual_seed(strategy.seed * 1_000_003 + stage * 10_007 + count)
+                draws = torch.rand(count, generator=generator)
+                score[row, candidates[row].cpu()] = draws
+            score = score.to(candidates.device)
+        else:
+            next_layer = self.language_model.layers[layer_number]  # 0-indexed: the layer after
+            if isinstance(strategy, TransPrune):
+                last_visual = torch.where(candidates, torch.arange(length, device=candidates.device), -1)
+                after_image = torch.arange(length, device=candidates.device)[None, :] > last_visual.max(
+                    dim=1, keepdim=True
+                ).values
+                queries = layout.valid & after_image
+            elif isinstance(strategy, FastV):
+                queries = torch.zeros_like(candidates)
+                queries[:, -1] = True  # the last token; left padding puts it last in every row
+            else:
+                raise ValueError(f"{strategy} has no in-LLM scoring")
+            received = query_attention(next_layer, layout.hidden, embeddings, layout.valid, queries)
+            iga = normalise(received, candidates)
+            if isinstance(strategy, TransPrune):
+                ttv = normalise(ttv_sum, candidates)
+                score = strategy.alpha * ttv + (1.0 - strategy.alpha) * iga
+            else:
+                score = iga
+        order = torch.argsort(score.masked_fill(~candidates, float("-inf")), dim=1, descending=True, stable=True)
+        rank = torch.empty_like(order)
+        rank.scatter_(1, order, torch.arange(length, device=order.device).expand_as(order))
+        keep_visual = candidates & (rank < targets[:, None])
+
+        def per_candidate(values):
+            return None if values is None else _pack_left(values.float(), candidates, float("nan")).cpu()
+
+        stage_trace = StageTrace(
+            after_layer=layer_number,
+            keep=keep,
+            candidates=_pack_left(layout.visual_index, candidates, -1).cpu(),
+            kept=_pack_left(layout.visual_index, keep_visual, -1).cpu(),
+            score=per_candidate(score),
+            ttv=per_candidate(ttv),
+            iga=per_candidate(iga),
+        )
+        return keep_visual, stage_trace
+
+    def _pool(self, layout: _Layout):
+        """TokenPool: replace each image's visual tokens by their average-pooled grid."""
+        factor = self.strategy.pool_factor
+        rows_hidden, rows_visual = [], []
+        for row in range(layout.hidden.shape[0]):
+            positions = torch.nonzero(layout.valid[row]).flatten()
+            tokens = layout.hidden[row, positions]
+            visual = layout.visual_index[row, positions]
+            pieces, origin_pieces, cursor, offset = [], [], 0, 0
+            image_starts = torch.nonzero(visual >= 0).flatten().tolist()
+            for image in families.image_grids(self.model, tokens[visual >= 0]):
+                size = sum(g.length for g in image)
+                start = image_starts[offset]
+                pooled, origin = families.pool_visual(tokens[start : start + size], image, factor)
+                pieces += [tokens[cursor:start], pooled]
+                origin_pieces += [visual[cursor:start], origin + offset]
+                cursor, offset = start + size, offset + size
+            pieces.append(tokens[cursor:])
+            origin_pieces.append(visual[cursor:])
+            rows_hidden.append(torch.cat(pieces))
+            rows_visual.append(torch.cat(origin_pieces))
+        length = max(len(r) for r in rows_hidden)
+        batch, hidden_size = len(rows_hidden), layout.hidden.shape[-1]
+        hidden = layout.hidden.new_zeros(batch, length, hidden_size)
+        visual_index = torch.full((batch, length), -1, dtype=torch.long, device=hidden.device)
+        valid = torch.zeros(batch, length, dtype=torch.bool, device=hidden.device)
+        for row, (tokens, origin) in enumerate(zip(rows_hidden, rows_visual, strict=True)):
+            hidden[row, length - len(tokens) :] = tokens
+            visual_index[row, length - len(tokens) :] = origin
+            valid[row, length - len(tokens) :] = True
+        new = _Layout(hidden, valid, _compact_positions(valid), visual_index)
+        return new, _pack_left(visual_index, new.visual, -1).cpu()
+
+    def _decode(self, inputs_embeds, attention_mask, cache, state: _DecodeState):
+        lm = self.language_model
+        implementation = lm.config._attn_implementation
+        batch, n_new = inputs_embeds.shape[:2]
+        device = inputs_embeds.device
+        first_stage = state.stage_valid[state.layer_stage[0]]
+        n_decoded = cache.get_seq_length(0) - first_stage.shape[1] + n_new
+        if attention_mask is not None:
+            decoded = attention_mask[:, state.prompt_length :].bool()
+            if decoded.shape[1] != n_decoded:
+                raise ValueError(
+                    f"attention mask has {attention_mask.shape[1]} columns; expected the prompt's "
+                    f"{state.prompt_length} plus {n_decoded} decoded tokens"
+                )
+        else:
+            decoded = torch.ones(batch, n_decoded, dtype=torch.bool, device=device)
+        offsets = decoded.long().cumsum(dim=1)[:, -n_new:] - 1
+        masks, embeddings = [], []
+        for valid, next_position in zip(state.stage_valid, state.stage_next_position, strict=True):
+            full = torch.cat([valid, decoded], dim=1)
+            masks.append(attention_mask_4d(full, n_new, implementation, inputs_embeds.dtype))
+            positions = next_position[:, None] + offsets.clamp_min(0)
+            embeddings.append((positions, lm.rotary_emb(inputs_embeds, position_ids=positions)))
+        hidden = inputs_embeds
+        for index, stage in enumerate(state.layer_stage):
+            positions, rotary = embeddings[stage]
+            hidden = self._run_layer(index, hidden, masks[stage], rotary, positions, cache)
+        return hidden
+
+
+def attach(model: nn.Module, strategy: Strategy | str) -> PruningHandle:
+    """Make ``model`` (a loaded LLaVA / LLaVA-NeXT) prune visual tokens on every forward.
+
+    The bare ``transprune`` / ``random`` strategies are mapped onto the model's depth. Raises
+    ValueError for an unsupported model or a strategy that does not fit it.
+    """
+    return PruningHandle(model, strategy)._attach()

@@ -1,0 +1,361 @@
+"""Pruning strategies: small frozen dataclasses, validated on construction, written as strings.
+
+Layers are 1-indexed as in the paper: ``prune_after=(7, 9, 12)`` drops tokens after the 7th,
+9th and 12th decoder layer. ``keep`` is a fraction of the sample's *original* visual tokens.
+
+String forms (canonical forms round-trip: ``str(parse(s)) == s``)::
+
+    baseline
+    transprune                                  paper schedule, mapped to the model's depth
+    transprune:prune_after=7/9/12,keep=0.875/0.625/0.125[,accumulate_from=7][,alpha=0.5]
+               [,direction=signed|absolute][,positions=compact|original]
+    fastv:after=2,keep=0.5[,positions=compact|original]
+    random                                      paper schedule, mapped to the model's depth
+    random:prune_after=7/9/12,keep=0.875/0.625/0.125[,seed=0][,positions=...]
+    pool:factor=2
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import ClassVar
+
+PAPER_DEPTH = 32
+PAPER_PRUNE_AFTER = (7, 9, 12)
+PAPER_KEEP = (0.875, 0.625, 0.125)
+POSITION_MODES = ("compact", "original")
+DIRECTIONS = ("signed", "absolute")
+
+
+def kept_count(n_visual: int, keep: float) -> int:
+    """Visual tokens a sample with ``n_visual`` tokens keeps at ratio ``keep`` (at least one)."""
+    if n_visual <= 0:
+        return 0
+    return max(1, min(n_visual, math.floor(n_visual * keep + 0.5)))
+
+
+def map_layers_to_depth(layers: tuple[int, ...], depth: int, from_depth: int = PAPER_DEPTH):
+    """Proportional mapping of 1-indexed layers from a ``from_depth`` model to a ``depth`` one.
+
+    Rule: ``round_half_up(layer * depth / from_depth)``, at least 1, then bumped so the layers
+    stay strictly increasing; every layer must leave at least one decoder layer after it.
+    """
+    mapped: list[int] = []
+    for layer in layers:
+        value = max(1, math.floor(layer * depth / from_depth + 0.5))
+        if mapped and value <= mapped[-1]:
+            value = mapped[-1] + 1
+        mapped.append(value)
+    if mapped and mapped[-1] >= depth:
+        raise ValueError(
+            f"cannot map layers {layers} of a {from_depth}-layer model onto {depth} layers: "
+            f"the model is too shallow for {len(layers)} pruning stages; give an explicit schedule"
+        )
+    return tuple(mapped)
+
+
+def _fmt_float(value: float) -> str:
+    return f"{value:.10g}"
+
+
+def _fmt_tuple(values: tuple) -> str:
+    return "/".join(_fmt_float(v) if isinstance(v, float) else str(v) for v in values)
+
+
+def _check_schedule(prune_after: tuple[int, ...], keep: tuple[float, ...], what: str) -> None:
+    if len(prune_after) == 0:
+        raise ValueError(f"{what}: prune_after is empty; give at least one layer, e.g. prune_after=(7,)")
+    if len(prune_after) != len(keep):
+        raise ValueError(
+            f"{what}: prune_after has {len(prune_after)} layers but keep has {len(keep)} ratios; "
+            "give one keep ratio per pruning layer"
+        )
+    for layer in prune_after:
+        if not isinstance(layer, int) or layer < 1:
+            raise ValueError(f"{what}: prune_after layer {layer!r} must be an integer >= 1 (1-indexed)")
+    if any(b <= a for a, b in zip(prune_after, prune_after[1:], strict=False)):
+        raise ValueError(f"{what}: prune_after {prune_after} must be strictly increasing")
+    for ratio in keep:
+        if not (0.0 < ratio <= 1.0):
+            raise ValueError(f"{what}: keep ratio {ratio} must be in (0, 1]; it is a fraction kept")
+    if any(b > a for a, b in zip(keep, keep[1:], strict=False)):
+        raise ValueError(
+            f"{what}: keep ratios {keep} grow; each stage keeps a fraction of the original tokens, "
+            "so ratios must be non-increasing"
+        )
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """Interface shared by every strategy.
+
+    ``prune_after``/``keep`` give the in-LLM stages (may be empty); ``pool_factor`` > 1 pools the
+    visual grid before the LLM. ``resolve(depth)`` returns the strategy for a model with
+    ``depth`` decoder layers, or raises ValueError if it does not fit.
+    """
+
+    kind: ClassVar[str] = ""
+
+    @property
+    def stages(self) -> tuple[tuple[int, float], ...]:
+        return ()
+
+    @property
+    def pool_factor(self) -> int:
+        return 1
+
+    @property
+    def accumulate_start(self) -> int | None:
+        """First 1-indexed layer whose TTV is accumulated, or None if TTV is not needed."""
+        return None
+
+    @property
+    def position_mode(self) -> str:
+        """How positions are numbered after a drop: "compact" (renumbered) or "original"."""
+        return getattr(self, "positions", "compact")
+
+    def resolve(self, depth: int) -> Strategy:
+        for layer, _ in self.stages:
+            if layer >= depth:
+                raise ValueError(
+                    f"{self}: prune layer {layer} is beyond a {depth}-layer model (a stage must "
+                    f"leave layers after it; use layers 1..{depth - 1}"
+                    + (", or the bare name to map the paper schedule)" if self.kind in
+                       ("transprune", "random") else ")")
+                )
+        return self
+
+
+@dataclass(frozen=True)
+class NoPrune(Strategy):
+    kind: ClassVar[str] = "baseline"
+
+    def __str__(self) -> str:
+        return "baseline"
+
+
+@dataclass(frozen=True)
+class TransPrune(Strategy):
+    """TransPrune: score = alpha * TTV + (1 - alpha) * IGA; keep top-k at each stage.
+
+    ``paper_schedule=True`` (the bare string ``transprune``) means the paper's 32-layer schedule,
+    mapped proportionally onto the model's depth when attached (see ``for_depth``).
+    """
+
+    kind: ClassVar[str] = "transprune"
+    prune_after: tuple[int, ...] = PAPER_PRUNE_AFTER
+    keep: tuple[float, ...] = PAPER_KEEP
+    accumulate_from: int | None = None  # None: the first prune layer (7 for the paper schedule)
+    alpha: float = 0.5
+    direction: str = "signed"
+    positions: str = "compact"
+    paper_schedule: bool = field(default=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "prune_after", tuple(int(v) for v in self.prune_after))
+        object.__setattr__(self, "keep", tuple(float(v) for v in self.keep))
+        _check_schedule(self.prune_after, self.keep, "transprune")
+        if self.accumulate_from is None:
+            object.__setattr__(self, "accumulate_from", self.prune_after[0])
+        if not 1 <= self.accumulate_from <= self.prune_after[0]:
+            raise ValueError(
+                f"transprune: accumulate_from={self.accumulate_from} must be between 1 and the "
+                f"first prune layer {self.prune_after[0]}: TTV has to be accumulated before it is used"
+            )
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"transprune: alpha={self.alpha} must be in [0, 1]")
+        if self.direction not in DIRECTIONS:
+            raise ValueError(f"transprune: direction={self.direction!r}; use one of {DIRECTIONS}")
+        if self.positions not in POSITION_MODES:
+            raise ValueError(f"transprune: positions={self.positions!r}; use one of {POSITION_MODES}")
+
+    @classmethod
+    def for_depth(cls, depth: int, **overrides) -> TransPrune:
+        """The paper's schedule mapped onto a ``depth``-layer LLM (see ``map_layers_to_depth``)."""
+        prune_after = map_layers_to_depth(PAPER_PRUNE_AFTER, depth)
+        return cls(prune_after=prune_after, keep=PAPER_KEEP, **overrides)
+
+    @property
+    def stages(self) -> tuple[tuple[int, float], ...]:
+        return tuple(zip(self.prune_after, self.keep, strict=True))
+
+    @property
+    def accumulate_start(self) -> int | None:
+        return self.accumulate_from
+
+    def resolve(self, depth: int) -> Strategy:
+        if self.paper_schedule:
+            return TransPrune.for_depth(
+                depth, alpha=self.alpha, direction=self.direction, positions=self.positions
+            )
+        return super().resolve(depth)
+
+    def __str__(self) -> str:
+        extras = _extras(self, {"alpha": 0.5, "direction": "signed", "positions": "compact"})
+        if self.paper_schedule:
+            return "transprune" + (":" + ",".join(extras) if extras else "")
+        parts = [f"prune_after={_fmt_tuple(self.prune_after)}", f"keep={_fmt_tuple(self.keep)}"]
+        if self.accumulate_from != self.prune_after[0]:
+            parts.append(f"accumulate_from={self.accumulate_from}")
+        return "transprune:" + ",".join(parts + extras)
+
+
+@dataclass(frozen=True)
+class FastV(Strategy):
+    """FastV: after layer ``after``, keep the visual tokens the last token attends to most."""
+
+    kind: ClassVar[str] = "fastv"
+    after: int = 2
+    keep: float = 0.5
+    positions: str = "compact"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "keep", float(self.keep))
+        _check_schedule((int(self.after),), (self.keep,), "fastv")
+        if self.positions not in POSITION_MODES:
+            raise ValueError(f"fastv: positions={self.positions!r}; use one of {POSITION_MODES}")
+
+    @property
+    def stages(self) -> tuple[tuple[int, float], ...]:
+        return ((self.after, self.keep),)
+
+    def __str__(self) -> str:
+        parts = [f"after={self.after}", f"keep={_fmt_float(self.keep)}"]
+        return "fastv:" + ",".join(parts + _extras(self, {"positions": "compact"}))
+
+
+@dataclass(frozen=True)
+class RandomPrune(Strategy):
+    """Control arm: the same schedule as TransPrune, tokens chosen at random (seeded).
+
+    The draw depends on (seed, stage, visual-token count) only, so a sample keeps the same tokens
+    whatever batch it is in.
+    """
+
+    kind: ClassVar[str] = "random"
+    prune_after: tuple[int, ...] = PAPER_PRUNE_AFTER
+    keep: tuple[float, ...] = PAPER_KEEP
+    seed: int = 0
+    positions: str = "compact"
+    paper_schedule: bool = field(default=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "prune_after", tuple(int(v) for v in self.prune_after))
+        object.__setattr__(self, "keep", tuple(float(v) for v in self.keep))
+        _check_schedule(self.prune_after, self.keep, "random")
+        if self.positions not in POSITION_MODES:
+            raise ValueError(f"random: positions={self.positions!r}; use one of {POSITION_MODES}")
+
+    @property
+    def stages(self) -> tuple[tuple[int, float], ...]:
+        return tuple(zip(self.prune_after, self.keep, strict=True))
+
+    def resolve(self, depth: int) -> Strategy:
+        if self.paper_schedule:
+            return RandomPrune(
+                prune_after=map_layers_to_depth(PAPER_PRUNE_AFTER, depth),
+                keep=PAPER_KEEP,
+                seed=self.seed,
+                positions=self.positions,
+            )
+        return super().resolve(depth)
+
+    def __str__(self) -> str:
+        extras = _extras(self, {"seed": 0, "positions": "compact"})
+        if self.paper_schedule:
+            return "random" + (":" + ",".join(extras) if extras else "")
+        parts = [f"prune_after={_fmt_tuple(self.prune_after)}", f"keep={_fmt_tuple(self.keep)}"]
+        return "random:" + ",".join(parts + extras)
+
+
+@dataclass(frozen=True)
+class TokenPool(Strategy):
+    """Control arm: average-pool the visual token grid by ``factor`` before the LLM."""
+
+    kind: ClassVar[str] = "pool"
+    factor: int = 2
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.factor, int) or self.factor < 2:
+            raise ValueError(f"pool: factor={self.factor!r} must be an integer >= 2 (2 turns 24x24 into 12x12)")
+
+    @property
+    def pool_factor(self) -> int:
+        return self.factor
+
+    def __str__(self) -> str:
+        return f"pool:factor={self.factor}"
+
+
+def _extras(strategy: Strategy, defaults: dict) -> list[str]:
+    out = []
+    for name, default in defaults.items():
+        value = getattr(strategy, name)
+        if value != default:
+            out.append(f"{name}={_fmt_float(value) if isinstance(value, float) else value}")
+    return out
+
+
+_FIELDS: dict[str, dict[str, type]] = {
+    "transprune": {"prune_after": tuple[int], "keep": tuple[float], "accumulate_from": int,
+                   "alpha": float, "direction": str, "positions": str},
+    "fastv": {"after": int, "keep": float, "positions": str},
+    "random": {"prune_after": tuple[int], "keep": tuple[float], "seed": int, "positions": str},
+    "pool": {"factor": int},
+    "baseline": {},
+}
+_CLASSES = {"transprune": TransPrune, "fastv": FastV, "random": RandomPrune, "pool": TokenPool,
+            "baseline": NoPrune}
+_ALIASES = {"none": "baseline", "noprune": "baseline", "tokenpool": "pool", "randomprune": "random"}
+
+
+def _convert(kind: str, name: str, raw: str, typ):
+    try:
+        if typ == tuple[int]:
+            return tuple(int(v) for v in raw.split("/"))
+        if typ == tuple[float]:
+            return tuple(float(v) for v in raw.split("/"))
+        return typ(raw)
+    except ValueError:
+        raise ValueError(f"{kind}: cannot read {name}={raw!r} (expected {typ})") from None
+
+
+def parse(text: str | Strategy) -> Strategy:
+    """Parse a strategy string such as ``fastv:after=2,keep=0.5``; strategies pass through."""
+    if isinstance(text, Strategy):
+        return text
+    text = text.strip()
+    kind, _, rest = text.partition(":")
+    kind = _ALIASES.get(kind.lower(), kind.lower())
+    if kind not in _CLASSES:
+        raise ValueError(
+            f"unknown strategy {text!r}; use one of: baseline, transprune[:...], fastv[:...], "
+            "random[:...], pool[:factor=N]"
+        )
+    fields = _FIELDS[kind]
+    kwargs: dict = {}
+    for item in filter(None, (p.strip() for p in rest.split(","))):
+        name, eq, raw = item.partition("=")
+        if not eq or name not in fields:
+            known = ", ".join(fields) or "none"
+            raise ValueError(f"{kind}: unknown setting {item!r} in {text!r}; settings: {known}")
+        if name in kwargs:
+            raise ValueError(f"{kind}: setting {name!r} given twice in {text!r}")
+        kwargs[name] = _convert(kind, name, raw, fields[name])
+    if kind in ("transprune", "random"):
+        has_schedule = "prune_after" in kwargs or "keep" in kwargs
+        if has_schedule and not ("prune_after" in kwargs and "keep" in kwargs):
+            raise ValueError(f"{kind}: give both prune_after and keep, or neither (paper schedule)")
+        if not has_schedule:
+            if "accumulate_from" in kwargs:
+                raise ValueError(f"{kind}: accumulate_from needs an explicit prune_after/keep schedule")
+            kwargs["paper_schedule"] = True
+    return _CLASSES[kind](**kwargs)
+
+
+def with_positions(strategy: Strategy, positions: str) -> Strategy:
+    """The same strategy with another position mode (strategies without stages are unchanged)."""
+    if not strategy.stages:
+        return strategy
+    return replace(strategy, positions=positions)

@@ -1,0 +1,110 @@
+"""Small random-weight LLaVA and LLaVA-NeXT models built from configs, for tests and benchmarks."""
+
+from __future__ import annotations
+
+import torch
+from transformers import (
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaNextConfig,
+    LlavaNextForConditionalGeneration,
+)
+
+IMAGE_TOKEN = 5
+VOCAB = 64
+
+
+def text_config(layers: int = 6, hidden: int = 64, heads: int = 4, kv_heads: int = 4) -> LlamaConfig:
+    return LlamaConfig(
+        vocab_size=VOCAB, hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=512,
+        pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    )
+
+
+def vision_config(image_size: int = 24, patch: int = 4, hidden: int = 32) -> CLIPVisionConfig:
+    return CLIPVisionConfig(
+        image_size=image_size, patch_size=patch, hidden_size=hidden, intermediate_size=hidden * 2,
+        num_hidden_layers=2, num_attention_heads=4, projection_dim=hidden,
+    )
+
+
+def tiny_llava(layers=6, kv_heads=4, attn="sdpa", seed=0, dtype=torch.float32, **kw):
+    """LLaVA-1.5 layout: a 6x6 grid = 36 visual tokens per image."""
+    torch.manual_seed(seed)
+    config = LlavaConfig(
+        vision_config=vision_config(), text_config=text_config(layers, kv_heads=kv_heads, **kw),
+        image_token_id=IMAGE_TOKEN, vision_feature_layer=-2, vision_feature_select_strategy="default",
+    )
+    config._attn_implementation = attn
+    model = LlavaForConditionalGeneration(config).eval().to(dtype)
+    model.config.text_config._attn_implementation = attn
+    return model
+
+
+def tiny_llava_next(layers=6, kv_heads=2, attn="sdpa", seed=0, dtype=torch.float32):
+    torch.manual_seed(seed)
+    config = LlavaNextConfig(
+        vision_config=vision_config(), text_config=text_config(layers, kv_heads=kv_heads),
+        image_token_id=IMAGE_TOKEN, vision_feature_layer=-2, vision_feature_select_strategy="default",
+        image_grid_pinpoints=[[24, 48], [48, 24], [48, 48]],
+    )
+    config._attn_implementation = attn
+    model = LlavaNextForConditionalGeneration(config).eval().to(dtype)
+    return model
+
+
+def llava_inputs(prefix_lengths, suffix_lengths, seed=0, n_visual=36):
+    """A left-padded LLaVA batch: text, one image, an instruction of varying length per sample."""
+    generator = torch.Generator().manual_seed(seed)
+    rows = []
+    for before, after in zip(prefix_lengths, suffix_lengths, strict=True):
+        text_a = torch.randint(6, VOCAB, (before,), generator=generator).tolist()
+        text_b = torch.randint(6, VOCAB, (after,), generator=generator).tolist()
+        rows.append([1] + text_a + [IMAGE_TOKEN] * n_visual + text_b)
+    length = max(len(r) for r in rows)
+    input_ids = torch.tensor([[0] * (length - len(r)) + r for r in rows])
+    attention_mask = torch.tensor([[0] * (length - len(r)) + [1] * len(r) for r in rows])
+    pixel_values = torch.randn(len(rows), 3, 24, 24, generator=generator)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "pixel_values": pixel_values}
+
+
+def next_inputs(model, image_sizes, suffix_lengths, seed=0):
+    """A left-padded LLaVA-NeXT batch; visual-token counts differ with the image sizes."""
+    from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
+
+    from pilot.pruning.families import next_image_grids
+
+    generator = torch.Generator().manual_seed(seed)
+    config = model.config
+    counts = []
+    for size in image_sizes:
+        counts.append(sum(g.length for g in next_image_grids(config, size)))
+    patches = [image_size_to_num_patches(s, config.image_grid_pinpoints, 24) for s in image_sizes]
+    rows = []
+    for count, after in zip(counts, suffix_lengths, strict=True):
+        text_b = torch.randint(6, VOCAB, (after,), generator=generator).tolist()
+        rows.append([1, 9] + [IMAGE_TOKEN] * count + text_b)
+    length = max(len(r) for r in rows)
+    input_ids = torch.tensor([[0] * (length - len(r)) + r for r in rows])
+    attention_mask = torch.tensor([[0] * (length - len(r)) + [1] * len(r) for r in rows])
+    pixel_values = torch.zeros(len(rows), max(patches), 3, 24, 24)
+    for i, n in enumerate(patches):
+        pixel_values[i, :n] = torch.randn(n, 3, 24, 24, generator=generator)
+    return {
+        "input_ids": input_ids, "attention_mask": attention_mask, "pixel_values": pixel_values,
+        "image_sizes": torch.tensor(image_sizes),
+    }, counts
+
+
+def take(inputs: dict, row: int) -> dict:
+    """One sample of a batch, with its padding removed (as if run alone)."""
+    keep = inputs["attention_mask"][row].bool()
+    out = {"input_ids": inputs["input_ids"][row : row + 1, keep],
+           "attention_mask": inputs["attention_mask"][row : row + 1, keep],
+           "pixel_values": inputs["pixel_values"][row : row + 1]}
+    if "image_sizes" in inputs:
+        out["image_sizes"] = inputs["image_sizes"][row : row + 1]
+    return out
