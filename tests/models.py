@@ -3,57 +3,23 @@
 from __future__ import annotations
 
 import torch
-from transformers import (
-    CLIPVisionConfig,
-    LlamaConfig,
-    LlavaConfig,
-    LlavaForConditionalGeneration,
-    LlavaNextConfig,
-    LlavaNextForConditionalGeneration,
-)
+from pilot.pruning.random_models import IMAGE_TOKEN, random_llava
 
-IMAGE_TOKEN = 5
 VOCAB = 64
 
 
-def text_config(layers: int = 6, hidden: int = 64, heads: int = 4, kv_heads: int = 4) -> LlamaConfig:
-    return LlamaConfig(
-        vocab_size=VOCAB, hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
-        num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=512,
-        pad_token_id=0, bos_token_id=1, eos_token_id=2,
-    )
+def text_config(layers: int = 2):
+    return random_llava(layers=layers).config.text_config
 
 
-def vision_config(image_size: int = 24, patch: int = 4, hidden: int = 32) -> CLIPVisionConfig:
-    return CLIPVisionConfig(
-        image_size=image_size, patch_size=patch, hidden_size=hidden, intermediate_size=hidden * 2,
-        num_hidden_layers=2, num_attention_heads=4, projection_dim=hidden,
-    )
-
-
-def tiny_llava(layers=6, kv_heads=4, attn="sdpa", seed=0, dtype=torch.float32, **kw):
+def tiny_llava(layers=6, kv_heads=4, attn="sdpa", seed=0, dtype=torch.float32):
     """LLaVA-1.5 layout: a 6x6 grid = 36 visual tokens per image."""
-    torch.manual_seed(seed)
-    config = LlavaConfig(
-        vision_config=vision_config(), text_config=text_config(layers, kv_heads=kv_heads, **kw),
-        image_token_id=IMAGE_TOKEN, vision_feature_layer=-2, vision_feature_select_strategy="default",
-    )
-    config._attn_implementation = attn
-    model = LlavaForConditionalGeneration(config).eval().to(dtype)
-    model.config.text_config._attn_implementation = attn
-    return model
+    return random_llava(layers=layers, kv_heads=kv_heads, attn=attn, seed=seed, dtype=dtype)
 
 
 def tiny_llava_next(layers=6, kv_heads=2, attn="sdpa", seed=0, dtype=torch.float32):
-    torch.manual_seed(seed)
-    config = LlavaNextConfig(
-        vision_config=vision_config(), text_config=text_config(layers, kv_heads=kv_heads),
-        image_token_id=IMAGE_TOKEN, vision_feature_layer=-2, vision_feature_select_strategy="default",
-        image_grid_pinpoints=[[24, 48], [48, 24], [48, 48]],
-    )
-    config._attn_implementation = attn
-    model = LlavaNextForConditionalGeneration(config).eval().to(dtype)
-    return model
+    """LLaVA-NeXT layout: 6x6 base grid plus an unpadded anyres grid with newline tokens."""
+    return random_llava(layers=layers, kv_heads=kv_heads, attn=attn, seed=seed, dtype=dtype, next=True)
 
 
 def llava_inputs(prefix_lengths, suffix_lengths, seed=0, n_visual=36):

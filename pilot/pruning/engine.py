@@ -93,13 +93,16 @@ class _DecodeState:
     layer_stage: list[int]  # stage of each decoder layer
 
 
-def attention_mask_4d(valid: torch.Tensor, n_query: int, implementation: str, dtype) -> torch.Tensor:
+def attention_mask_4d(valid: torch.Tensor, n_query: int, implementation: str, dtype) -> torch.Tensor | None:
     """Causal + padding mask for the last ``n_query`` of ``valid.shape[1]`` keys.
 
     Boolean for sdpa (True = attend), additive for eager. A padding query attends to itself
-    only, so no row is empty (an empty row gives NaN in sdpa).
+    only, so no row is empty (an empty row gives NaN in sdpa). Without padding, sdpa gets None
+    (causal when every key is queried; a single query sees all keys).
     """
     n_key = valid.shape[1]
+    if implementation == "sdpa" and n_query in (1, n_key) and bool(valid.all()):
+        return None  # as the stock model does: sdpa's own causal path, the fastest kernel
     key_index = torch.arange(n_key, device=valid.device)
     query_index = key_index[n_key - n_query :]
     causal = key_index[None, :] <= query_index[:, None]

@@ -1,0 +1,137 @@
+"""Engine benchmark: prefill and generate latency per strategy against paper TFLOPs.
+
+    python bench/engine.py                       # narrow 32-layer LLM, LLaVA-1.5 layout (576 tokens), CPU
+    python bench/engine.py --dims llava-1.5-7b --device cuda --dtype bfloat16   # real 7B dimensions
+
+Prints one table. Latencies are medians over --repeats runs after warm-up, arms interleaved per
+repeat so that machine drift hits all alike. "lat/flops" is the prefill latency ratio divided by
+the paper TFLOPs ratio (1.0 = latency falls exactly as FLOPs do). The scoring line is the extra
+prefill time of TransPrune with keep=1 at every stage (scores computed, nothing dropped) over
+the same loop without scoring.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pilot.pruning import NoPrune, TransPrune, attach, parse  # noqa: E402
+from pilot.pruning.flops import ModelDims, paper_flops  # noqa: E402
+from pilot.pruning.random_models import IMAGE_TOKEN, preset_llava  # noqa: E402
+
+STRATEGIES = ["baseline", "transprune", "fastv:after=2,keep=0.5", "fastv:after=2,keep=0.25", "random", "pool:factor=2"]
+PAPER_A100_MS = {"transprune": 111.4, "fastv:after=2,keep=0.5": 125.2}
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def make_inputs(model, device, text_before: int = 35, text_after: int = 20):
+    config = model.config
+    side = config.vision_config.image_size // config.vision_config.patch_size
+    generator = torch.Generator().manual_seed(0)
+    vocab = config.text_config.vocab_size
+    before = torch.randint(6, vocab, (text_before,), generator=generator).tolist()
+    after = torch.randint(6, vocab, (text_after,), generator=generator).tolist()
+    ids = torch.tensor([[1] + before + [IMAGE_TOKEN] * side * side + after], device=device)
+    size = config.vision_config.image_size
+    pixels = torch.randn(1, 3, size, size, generator=generator).to(device, model.dtype)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": pixels}, side * side
+
+
+def timed(fn, device) -> float:
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return (time.perf_counter() - start) * 1000
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dims", default="llava-1.5-7b", help="layout preset (llava-1.5-7b, llava-next-7b)")
+    parser.add_argument("--hidden", type=int, default=256, help="LLM width; 0 = the preset's real width")
+    parser.add_argument("--layers", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--strategies", nargs="*", default=STRATEGIES)
+    args = parser.parse_args(argv)
+
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype)
+    model = preset_llava(args.dims, layers=args.layers, hidden=args.hidden or None, dtype=dtype, device=device)
+    inputs, n_visual = make_inputs(model, device)
+    dims = ModelDims.from_config(model.config)
+    print(f"# {args.dims} layout, LLM {dims.layers} layers x {dims.hidden} wide, {n_visual} visual tokens, "
+          f"{inputs['input_ids'].shape[1]} prompt tokens, {args.dtype} on {device} "
+          f"({torch.cuda.get_device_name() if device.type == 'cuda' else f'{torch.get_num_threads()} threads'})")
+
+    arms = {name: parse(name) for name in args.strategies}
+    arms["transprune keep=1 (scoring only)"] = TransPrune.for_depth(dims.layers).__class__(
+        prune_after=TransPrune.for_depth(dims.layers).prune_after, keep=(1.0, 1.0, 1.0))
+    arms["engine loop, no scoring"] = NoPrune()
+    prefill = {name: [] for name in arms}
+    generate = {name: [] for name in arms}
+    tokens = {}
+
+    def run(name, strategy, record):
+        with torch.inference_mode():
+            if name == "baseline":  # the stock model: nothing attached
+                p = timed(lambda: model(**inputs, logits_to_keep=1), device)
+                g = timed(lambda: model.generate(**inputs, max_new_tokens=args.new_tokens,
+                                                 min_new_tokens=args.new_tokens, do_sample=False), device)
+                tokens[name] = [n_visual] * dims.layers
+            else:
+                with attach(model, strategy) as handle:
+                    p = timed(lambda: model(**inputs, logits_to_keep=1), device)
+                    tokens[name] = handle.last_trace.visual_tokens_per_layer[0].tolist()
+                    g = timed(lambda: model.generate(**inputs, max_new_tokens=args.new_tokens,
+                                                     min_new_tokens=args.new_tokens, do_sample=False), device)
+        if record:
+            prefill[name].append(p)
+            generate[name].append(g)
+
+    for name, strategy in arms.items():  # warm-up
+        run(name, strategy, record=False)
+    for repeat in range(args.repeats):
+        for name, strategy in arms.items():
+            run(name, strategy, record=True)
+        print(f"  repeat {repeat + 1}/{args.repeats}", file=sys.stderr)
+
+    base_prefill = statistics.median(prefill["baseline"])
+    base_generate = statistics.median(generate["baseline"])
+    base_flops = paper_flops(dims, tokens["baseline"])
+    print(f"| strategy | prefill ms | x baseline | generate {args.new_tokens} ms | x baseline | "
+          f"paper TFLOPs | x baseline | lat/flops |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name in arms:
+        p, g = statistics.median(prefill[name]), statistics.median(generate[name])
+        flops = paper_flops(dims, tokens[name])
+        flops_ratio = flops / base_flops
+        print(f"| {name} | {p:.1f} | {p / base_prefill:.3f} | {g:.1f} | {g / base_generate:.3f} | "
+              f"{flops / 1e12:.4f} | {flops_ratio:.3f} | {(p / base_prefill) / flops_ratio:.2f} |")
+    scoring = statistics.median(prefill["transprune keep=1 (scoring only)"]) - statistics.median(
+        prefill["engine loop, no scoring"])
+    print(f"\nscoring (TTV + IGA) overhead: {scoring:.1f} ms = {scoring / base_prefill:.1%} of baseline prefill")
+    loop = statistics.median(prefill["engine loop, no scoring"]) - base_prefill
+    print(f"engine loop overhead (no pruning, no scoring) vs stock: {loop:.1f} ms = {loop / base_prefill:.1%}")
+    if device.type == "cuda" and args.hidden == 0:
+        for name, ms in PAPER_A100_MS.items():
+            if name in prefill:
+                print(f"paper (A100, MME) {name}: {ms} ms; here: {statistics.median(prefill[name]):.1f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Datasets: the procedural inspection demo set."""
