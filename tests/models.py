@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+
 from pilot.pruning.random_models import IMAGE_TOKEN, random_llava
 
 VOCAB = 64

@@ -45,7 +45,7 @@ def run_demo(arms: list[str] | None = None, samples: int = 4) -> int:
                 outputs.append(out[0, -4:].tolist())
             counts = handle.last_trace.visual_tokens_per_layer[0].tolist()
         answers[arm] = outputs
-        agree = sum(a == b for a, b in zip(outputs, answers["baseline"] if "baseline" in answers else outputs,
+        agree = sum(a == b for a, b in zip(outputs, answers.get("baseline", outputs),
                                            strict=True)) / len(outputs)
         compact = ",".join(str(c) for c in counts)
         print(f"{str(handle.strategy):<58} {compact:<40} {paper_flops(dims, counts) / 1e9:>12.3f} "

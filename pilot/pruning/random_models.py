@@ -55,8 +55,8 @@ def random_llava(
     common = dict(vision_config=vision, text_config=text, image_token_id=IMAGE_TOKEN,
                   vision_feature_layer=-2, vision_feature_select_strategy="default")
     if next:
-        side = image_size
-        config = LlavaNextConfig(**common, image_grid_pinpoints=[[side, 2 * side], [2 * side, side], [2 * side, 2 * side]])
+        pinpoints = [[image_size, 2 * image_size], [2 * image_size, image_size], [2 * image_size, 2 * image_size]]
+        config = LlavaNextConfig(**common, image_grid_pinpoints=pinpoints)
         model_class = LlavaNextForConditionalGeneration
     else:
         config = LlavaConfig(**common)
