@@ -202,6 +202,28 @@ def _question_text(rng: np.random.Generator, plan: _Plan) -> str:
     return template.format(quadrant=plan.quadrant, kind=kind, kinds=PLURALS.get(kind, ""))
 
 
+def ask(defects: Sequence[Defect], rng: np.random.Generator) -> tuple[str, str, str]:
+    """Another (question, label, family) about an existing image, answered from its defects.
+
+    Lets training ask several questions about one image. Presence questions point at a quadrant
+    holding the named kind half of the time, so "yes" is not rare.
+    """
+    layout = {defect.quadrant: defect.kind for defect in defects}
+    family = _pick(rng, FAMILIES)
+    if family == "type":
+        quadrant = _pick(rng, QUADRANTS)
+        plan = _Plan(family, layout.get(quadrant, "none"), quadrant, None, layout)
+    elif family == "presence":
+        kind = _pick(rng, DEFECT_TYPES)
+        holding = [q for q, k in layout.items() if k == kind]
+        quadrant = _pick(rng, holding) if holding and rng.random() < 0.5 else _pick(rng, QUADRANTS)
+        plan = _Plan(family, "yes" if layout.get(quadrant) == kind else "no", quadrant, kind, layout)
+    else:
+        kind = _pick(rng, DEFECT_TYPES)
+        plan = _Plan(family, str(sum(k == kind for k in layout.values())), None, kind, layout)
+    return _question_text(rng, plan), plan.label, family
+
+
 # --- surfaces -------------------------------------------------------------------------------------
 
 
