@@ -1,0 +1,380 @@
+"""KPIs of one arm, and the paired comparison of a pruned arm with the baseline.
+
+Definitions follow docs/kpis.md: accuracy, macro-F1 (scikit-learn's, ``invalid`` answers count as wrong),
+invalid rate, agreement; paired bootstrap intervals and McNemar's test for the differences to baseline;
+mean of per-sample FLOP ratios and ratio of means; latency percentiles.
+
+Every function returns plain Python numbers, lists, dicts and ``None`` (never NaN), so results can be
+written with ``json.dumps(..., allow_nan=False)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+from sklearn.metrics import f1_score
+
+INVALID = "invalid"
+
+# McNemar: below this many discordant pairs the exact binomial test is used, at or above it the
+# chi-square approximation with continuity correction.
+EXACT_BELOW = 25
+# A budget is compared with a tolerance so that float noise (0.80 - 0.81 = -0.010000000000000009)
+# does not fail a drop of exactly the budget.
+_BUDGET_TOL = 1e-9
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One sample's result in one arm."""
+
+    sample_id: str
+    label: str
+    prediction: str | None  # a label, "invalid", or None when the sample errored
+    prefill_ms: float | None = None
+    total_ms: float | None = None
+    paper_tflops: float | None = None
+    full_tflops: float | None = None
+    visual_tokens_kept: int | None = None
+    error: str | None = None
+
+    @property
+    def errored(self) -> bool:
+        return self.error is not None or self.prediction is None
+
+    @property
+    def correct(self) -> bool:
+        """The prediction equals the label; ``invalid`` (or an error) never matches."""
+        return self.prediction is not None and self.prediction != INVALID and self.prediction == self.label
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _labels(labels: Sequence[str]) -> list[str]:
+    out = list(dict.fromkeys(labels))
+    if not out:
+        raise ValueError("labels must not be empty")
+    return out
+
+
+def _ok(outcomes: Iterable[Outcome]) -> list[Outcome]:
+    return [o for o in outcomes if not o.errored]
+
+
+def _finite(values: Iterable[float | int | None]) -> list[float]:
+    out = []
+    for v in values:
+        if v is None:
+            continue
+        v = float(v)
+        if math.isfinite(v):
+            out.append(v)
+    return out
+
+
+def _mean(values: Iterable[float | int | None]) -> float | None:
+    vals = _finite(values)
+    return float(np.mean(vals)) if vals else None
+
+
+def _percentile(values: Iterable[float | int | None], q: float) -> float | None:
+    vals = _finite(values)
+    return float(np.percentile(vals, q, method="linear")) if vals else None
+
+
+def _ratio(num: float | None, den: float | None) -> float | None:
+    if num is None or den is None or den == 0:
+        return None
+    out = num / den
+    return float(out) if math.isfinite(out) else None
+
+
+def _y_pred(outcomes: Sequence[Outcome], labels: list[str]) -> list[str]:
+    """Predictions for scikit-learn: anything that is not a label becomes a string outside the label set."""
+    invalid = INVALID
+    while invalid in labels:  # a label literally called "invalid" must still not match
+        invalid = "_" + invalid
+    allowed = set(labels)
+    return [o.prediction if o.prediction in allowed else invalid for o in outcomes]
+
+
+def _norm_prediction(prediction: str | None, allowed: set[str]) -> str | None:
+    if prediction is None:
+        return None
+    return prediction if prediction in allowed else INVALID
+
+
+def _codes(outcomes: Sequence[Outcome], labels: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Integer codes: label i -> i; a true label outside the set -> K; a prediction outside it -> K + 1."""
+    index = {label: i for i, label in enumerate(labels)}
+    k = len(labels)
+    y_true = np.array([index.get(o.label, k) for o in outcomes], dtype=np.int64)
+    y_pred = np.array([index.get(o.prediction, k + 1) for o in outcomes], dtype=np.int64)
+    return y_true, y_pred
+
+
+# ---------------------------------------------------------------- one arm
+
+
+def arm_kpis(outcomes: Sequence[Outcome], labels: Sequence[str]) -> dict:
+    """KPIs of one arm; errored samples count only in ``errors``."""
+    labels = _labels(labels)
+    ok = _ok(outcomes)
+    n = len(ok)
+    errors = len(outcomes) - n
+    allowed = set(labels)
+    invalid = sum(1 for o in ok if o.prediction not in allowed)
+
+    if n:
+        y_true = [o.label for o in ok]
+        y_pred = _y_pred(ok, labels)
+        per_class = f1_score(y_true, y_pred, labels=labels, average=None, zero_division=0)
+        f1_per_class = {label: float(v) for label, v in zip(labels, per_class, strict=True)}
+        f1_macro = float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0))
+        accuracy = sum(o.correct for o in ok) / n
+        invalid_rate = invalid / n
+    else:
+        f1_per_class = {label: None for label in labels}
+        f1_macro = accuracy = invalid_rate = None
+
+    prefill = [o.prefill_ms for o in ok]
+    total = [o.total_ms for o in ok]
+    latency_n = sum(1 for o in ok if _finite([o.prefill_ms, o.total_ms]))
+    return {
+        "n": n,
+        "errors": errors,
+        "invalid": invalid,
+        "invalid_rate": invalid_rate,
+        "accuracy": accuracy,
+        "f1_macro": f1_macro,
+        "f1_per_class": f1_per_class,
+        "prefill_ms_p50": _percentile(prefill, 50),
+        "prefill_ms_p95": _percentile(prefill, 95),
+        "total_ms_p50": _percentile(total, 50),
+        "total_ms_p95": _percentile(total, 95),
+        "latency_n": latency_n,
+        "paper_tflops": _mean(o.paper_tflops for o in ok),
+        "full_tflops": _mean(o.full_tflops for o in ok),
+        "visual_tokens_kept": _mean(o.visual_tokens_kept for o in ok),
+    }
+
+
+# ---------------------------------------------------------------- vectorised F1
+
+
+def _resample_counts(indices: np.ndarray, n: int) -> np.ndarray:
+    """(R, n) index rows -> (R, n) float counts of how often each sample was drawn in each row."""
+    r = indices.shape[0]
+    flat = (np.arange(r, dtype=np.int64)[:, None] * n + indices).ravel()
+    return np.bincount(flat, minlength=r * n).reshape(r, n).astype(np.float64)
+
+
+def _macro_f1_from_counts(counts: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray, k: int) -> np.ndarray:
+    """Macro-F1 (zero_division=0) for each row of per-sample weights ``counts`` (R, n); codes as in _codes."""
+    classes = np.arange(k)
+    true_1h = (y_true[:, None] == classes).astype(np.float64)  # (n, K)
+    pred_1h = (y_pred[:, None] == classes).astype(np.float64)
+    tp_1h = true_1h * pred_1h
+    tp = counts @ tp_1h  # (R, K)
+    denom = counts @ true_1h + counts @ pred_1h  # 2TP + FP + FN
+    f1 = np.divide(2.0 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
+    return f1.mean(axis=1)
+
+
+def f1_macro_resampled(
+    y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str], indices: np.ndarray
+) -> np.ndarray:
+    """Macro-F1 of ``y_true[idx], y_pred[idx]`` for every row ``idx`` of ``indices`` (R, n), without a loop.
+
+    Equal to ``f1_score(y_true[idx], y_pred[idx], labels=labels, average="macro", zero_division=0)``
+    per row; predictions outside ``labels`` never match.
+    """
+    labels = _labels(labels)
+    index = {label: i for i, label in enumerate(labels)}
+    k = len(labels)
+    t = np.array([index.get(v, k) for v in y_true], dtype=np.int64)
+    p = np.array([index.get(v, k + 1) for v in y_pred], dtype=np.int64)
+    indices = np.atleast_2d(np.asarray(indices, dtype=np.int64))
+    return _macro_f1_from_counts(_resample_counts(indices, len(t)), t, p, k)
+
+
+# ---------------------------------------------------------------- McNemar
+
+
+def mcnemar_p(b: int, c: int) -> float:
+    """Two-sided McNemar p-value for ``b`` and ``c`` discordant pairs.
+
+    Exact binomial test (n = b + c, p = 0.5) when b + c < 25, else chi-square (1 df) with continuity
+    correction; 1.0 when there are no discordant pairs.
+    """
+    n = b + c
+    if n == 0:
+        return 1.0
+    if n < EXACT_BELOW:
+        p = stats.binomtest(b, n, 0.5, alternative="two-sided").pvalue
+    else:
+        chi2 = (abs(b - c) - 1) ** 2 / n
+        p = stats.chi2.sf(chi2, df=1)
+    return float(min(1.0, p))
+
+
+# ---------------------------------------------------------------- pairing
+
+
+def _by_id(outcomes: Sequence[Outcome], arm: str) -> dict[str, Outcome]:
+    out: dict[str, Outcome] = {}
+    for o in _ok(outcomes):
+        if o.sample_id in out:
+            raise ValueError(f"{arm}: sample_id {o.sample_id!r} has more than one result")
+        out[o.sample_id] = o
+    return out
+
+
+def _paired(baseline: Sequence[Outcome], pruned: Sequence[Outcome]) -> tuple[list[Outcome], list[Outcome]]:
+    base = _by_id(baseline, "baseline")
+    prun = _by_id(pruned, "pruned")
+    ids = [sid for sid in base if sid in prun]  # baseline order
+    for sid in ids:
+        if base[sid].label != prun[sid].label:
+            raise ValueError(f"sample_id {sid!r} has label {base[sid].label!r} vs {prun[sid].label!r}")
+    return [base[s] for s in ids], [prun[s] for s in ids]
+
+
+def _ci(values: np.ndarray) -> list[float]:
+    lo, hi = np.percentile(values, [2.5, 97.5])
+    return [float(lo), float(hi)]
+
+
+def _mean_of_ratios(b: Sequence[Outcome], p: Sequence[Outcome], field: str) -> float | None:
+    ratios = []
+    for ob, op in zip(b, p, strict=True):
+        r = _ratio(*_finite_pair(getattr(op, field), getattr(ob, field)))
+        if r is not None:
+            ratios.append(r)
+    return float(np.mean(ratios)) if ratios else None
+
+
+def _finite_pair(x: float | None, y: float | None) -> tuple[float | None, float | None]:
+    fx, fy = _finite([x]), _finite([y])
+    return (fx[0] if fx else None), (fy[0] if fy else None)
+
+
+def _both(b: Sequence[Outcome], p: Sequence[Outcome], field: str) -> tuple[list[float], list[float]]:
+    """Values of ``field`` over the paired samples where both arms have a finite value."""
+    vb, vp = [], []
+    for ob, op in zip(b, p, strict=True):
+        x, y = _finite_pair(getattr(ob, field), getattr(op, field))
+        if x is not None and y is not None:
+            vb.append(x)
+            vp.append(y)
+    return vb, vp
+
+
+def _ratio_of_means(b: Sequence[Outcome], p: Sequence[Outcome], field: str) -> float | None:
+    vb, vp = _both(b, p, field)
+    return _ratio(_mean(vp), _mean(vb)) if vb else None
+
+
+def _ratio_of_medians(b: Sequence[Outcome], p: Sequence[Outcome], field: str) -> float | None:
+    vb, vp = _both(b, p, field)
+    return _ratio(_percentile(vp, 50), _percentile(vb, 50)) if vb else None
+
+
+# ---------------------------------------------------------------- comparison
+
+
+def compare(
+    baseline: Sequence[Outcome],
+    pruned: Sequence[Outcome],
+    labels: Sequence[str],
+    *,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> dict:
+    """Paired comparison of ``pruned`` with ``baseline`` on the samples with a result in both arms."""
+    labels = _labels(labels)
+    if resamples < 1:
+        raise ValueError("resamples must be >= 1")
+    b, p = _paired(baseline, pruned)
+    n = len(b)
+    out: dict = {"n_paired": n, "resamples": resamples, "seed": seed}
+
+    if n:
+        k = len(labels)
+        t, pred_b = _codes(b, labels)
+        _, pred_p = _codes(p, labels)
+        correct_b = np.array([o.correct for o in b], dtype=np.float64)
+        correct_p = np.array([o.correct for o in p], dtype=np.float64)
+
+        ones = np.ones((1, n))
+        f1_delta = _macro_f1_from_counts(ones, t, pred_p, k)[0] - _macro_f1_from_counts(ones, t, pred_b, k)[0]
+        acc_delta = correct_p.mean() - correct_b.mean()
+
+        rng = np.random.default_rng(seed)
+        counts = _resample_counts(rng.integers(0, n, size=(resamples, n)), n)
+        boot_f1 = _macro_f1_from_counts(counts, t, pred_p, k) - _macro_f1_from_counts(counts, t, pred_b, k)
+        boot_acc = counts @ (correct_p - correct_b) / n
+
+        nb = int(np.sum((correct_b == 1) & (correct_p == 0)))
+        nc = int(np.sum((correct_b == 0) & (correct_p == 1)))
+        allowed = set(labels)
+        agree = sum(
+            _norm_prediction(ob.prediction, allowed) == _norm_prediction(op.prediction, allowed)
+            for ob, op in zip(b, p, strict=True)
+        )
+        out.update(
+            f1_delta=float(f1_delta),
+            f1_delta_ci=_ci(boot_f1),
+            accuracy_delta=float(acc_delta),
+            accuracy_delta_ci=_ci(boot_acc),
+            mcnemar_p=mcnemar_p(nb, nc),
+            discordant={"baseline_only": nb, "pruned_only": nc},
+            agreement=agree / n,
+        )
+    else:
+        out.update(
+            f1_delta=None,
+            f1_delta_ci=None,
+            accuracy_delta=None,
+            accuracy_delta_ci=None,
+            mcnemar_p=None,
+            discordant={"baseline_only": 0, "pruned_only": 0},
+            agreement=None,
+        )
+
+    out.update(
+        paper_tflops_ratio=_mean_of_ratios(b, p, "paper_tflops"),
+        paper_tflops_ratio_of_means=_ratio_of_means(b, p, "paper_tflops"),
+        full_tflops_ratio=_mean_of_ratios(b, p, "full_tflops"),
+        full_tflops_ratio_of_means=_ratio_of_means(b, p, "full_tflops"),
+        prefill_ratio=_ratio_of_medians(b, p, "prefill_ms"),
+        total_ratio=_ratio_of_medians(b, p, "total_ms"),
+    )
+    return out
+
+
+def budget_verdict(comparison: dict, metric: str = "f1", max_drop: float = 0.01) -> dict:
+    """Whether a pruned arm meets a quality budget (docs/kpis.md).
+
+    drop = -delta; ``met`` when drop <= max_drop, ``met_with_confidence`` when the upper end of the drop's
+    95% interval (-ci_low) is too. ``None`` where the comparison has no value.
+    """
+    if metric not in ("f1", "accuracy"):
+        raise ValueError(f"metric must be 'f1' or 'accuracy', not {metric!r}")
+    delta = comparison.get(f"{metric}_delta")
+    ci = comparison.get(f"{metric}_delta_ci")
+    drop = None if delta is None else -float(delta) + 0.0
+    drop_ci_high = None if not ci or ci[0] is None else -float(ci[0]) + 0.0
+    return {
+        "metric": metric,
+        "max_drop": max_drop,
+        "drop": drop,
+        "drop_ci_high": drop_ci_high,
+        "met": None if drop is None else drop <= max_drop + _BUDGET_TOL,
+        "met_with_confidence": None if drop_ci_high is None else drop_ci_high <= max_drop + _BUDGET_TOL,
+    }

@@ -1,0 +1,223 @@
+"""Plain-text rendering of a run's report for the terminal (fits 120 columns)."""
+
+from __future__ import annotations
+
+import math
+import textwrap
+from collections.abc import Callable, Sequence
+
+WIDTH = 120
+GAP = "  "
+MISSING = "-"
+_ARM_MAX = 20  # longer arm names are shortened in the tables
+
+
+# ---------------------------------------------------------------- cell formatting
+
+
+def _num(value) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _fixed(value, digits: int = 3) -> str:
+    v = _num(value)
+    return MISSING if v is None else f"{v:.{digits}f}"
+
+
+def _signed(value, digits: int = 3) -> str:
+    v = _num(value)
+    if v is None:
+        return MISSING
+    if round(v, digits) == 0:
+        v = 0.0  # no "-0.000"
+    return f"{v:+.{digits}f}"
+
+
+def _delta_ci(delta, ci) -> str:
+    text = _signed(delta)
+    if text == MISSING:
+        return MISSING
+    if isinstance(ci, list | tuple) and len(ci) == 2 and _num(ci[0]) is not None and _num(ci[1]) is not None:
+        text += f" [{_signed(ci[0])}, {_signed(ci[1])}]"
+    return text
+
+
+def _pvalue(value) -> str:
+    v = _num(value)
+    if v is None:
+        return MISSING
+    return f"{v:.3f}" if v >= 0.001 else f"{v:.1e}"
+
+
+def _ms(value) -> str:
+    return _fixed(value, 1)
+
+
+def _int(value) -> str:
+    v = _num(value)
+    return MISSING if v is None else f"{int(v)}" if v == int(v) else f"{v:.1f}"
+
+
+def _tokens(value) -> str:
+    v = _num(value)
+    if v is None:
+        return MISSING
+    return f"{int(v)}" if v == int(v) else f"{v:.1f}"
+
+
+def _short(name: str, width: int = _ARM_MAX) -> str:
+    return name if len(name) <= width else name[: width - 1] + "~"
+
+
+# ---------------------------------------------------------------- tables
+
+
+def _render(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool]) -> list[str]:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+
+    def line(cells: Sequence[str]) -> str:
+        parts = [c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right, strict=True)]
+        return GAP.join(parts).rstrip()
+
+    return [line(headers), GAP.join("-" * w for w in widths), *(line(r) for r in rows)]
+
+
+def _table(
+    headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool], width: int = WIDTH
+) -> list[str]:
+    """A table whose first column is a key; columns that do not fit ``width`` go to further tables."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    chunks: list[list[int]] = []
+    current: list[int] = []
+    used = widths[0]
+    for i in range(1, len(headers)):
+        need = len(GAP) + widths[i]
+        if current and used + need > width:
+            chunks.append(current)
+            current, used = [], widths[0]
+        current.append(i)
+        used += need
+    chunks.append(current)
+
+    lines: list[str] = []
+    for chunk in chunks:
+        cols = [0, *chunk]
+        if lines:
+            lines.append("")
+        lines += _render([headers[c] for c in cols], [[r[c] for c in cols] for r in rows], [right[c] for c in cols])
+    return lines
+
+
+# ---------------------------------------------------------------- sections
+
+
+def _machine(machine) -> str:
+    if not machine:
+        return MISSING
+    if isinstance(machine, dict):
+        return ", ".join(f"{k} {v}" for k, v in machine.items() if v not in (None, ""))
+    return str(machine)
+
+
+def _header(report: dict, width: int = WIDTH) -> list[str]:
+    def get(key: str) -> str:
+        value = report.get(key)
+        return MISSING if value is None or value == "" else str(value)
+
+    segments = [
+        f"Run {get('run_id')}: {get('name')}",
+        f"status: {get('status')}",
+        f"dataset: {get('dataset')}",
+        f"model: {get('model')}",
+        f"machine: {_machine(report.get('machine'))}",
+        f"batch size: {get('batch_size')} (latencies are per sample = batch time / batch size)",
+    ]
+    lines: list[str] = []
+    open_line = False  # whether the last line may take another segment
+    for segment in segments:
+        if open_line and len(lines[-1]) + 3 + len(segment) <= width:
+            lines[-1] += " | " + segment
+            continue
+        wrapped = textwrap.wrap(segment, width, subsequent_indent="    ", break_on_hyphens=False) or [segment]
+        lines += wrapped
+        open_line = len(wrapped) == 1
+    return lines
+
+
+_Cell = Callable[[dict, dict], str]
+
+
+def _quality_columns() -> list[tuple[str, _Cell]]:
+    return [
+        ("n", lambda a, v: _int(a.get("n"))),
+        ("errors", lambda a, v: _int(a.get("errors"))),
+        ("invalid", lambda a, v: _int(a.get("invalid"))),
+        ("accuracy", lambda a, v: _fixed(a.get("accuracy"))),
+        ("macro-F1", lambda a, v: _fixed(a.get("f1_macro"))),
+        ("ΔF1 [95% CI]", lambda a, v: _delta_ci(v.get("f1_delta"), v.get("f1_delta_ci"))),
+        ("ΔAcc", lambda a, v: _signed(v.get("accuracy_delta"))),
+        ("McNemar p", lambda a, v: _pvalue(v.get("mcnemar_p"))),
+        ("agreement", lambda a, v: _fixed(v.get("agreement"))),
+    ]
+
+
+def _cost_columns() -> list[tuple[str, _Cell]]:
+    return [
+        ("paper TFLOPs", lambda a, v: _fixed(a.get("paper_tflops"))),
+        ("ratio", lambda a, v: _fixed(v.get("paper_tflops_ratio"))),
+        ("full TFLOPs", lambda a, v: _fixed(a.get("full_tflops"))),
+        ("ratio", lambda a, v: _fixed(v.get("full_tflops_ratio"))),
+        ("prefill p50", lambda a, v: _ms(a.get("prefill_ms_p50"))),
+        ("p95", lambda a, v: _ms(a.get("prefill_ms_p95"))),
+        ("ratio", lambda a, v: _fixed(v.get("prefill_ratio"))),
+        ("total p50", lambda a, v: _ms(a.get("total_ms_p50"))),
+        ("ratio", lambda a, v: _fixed(v.get("total_ratio"))),
+        ("vis tokens", lambda a, v: _tokens(a.get("visual_tokens_kept"))),
+    ]
+
+
+def _arm_table(arms: list[dict], columns: list[tuple[str, _Cell]]) -> list[str]:
+    headers = ["arm", *(h for h, _ in columns)]
+    rows = []
+    for arm in arms:
+        vs = arm.get("vs_baseline") or {}
+        rows.append([_short(str(arm.get("name", MISSING))), *(cell(arm, vs) for _, cell in columns)])
+    return _table(headers, rows, [False] + [True] * len(columns))
+
+
+def _per_class(arms: list[dict]) -> list[str]:
+    labels: list[str] = []
+    for arm in arms:
+        for label in arm.get("f1_per_class") or {}:
+            if label not in labels:
+                labels.append(label)
+    if not labels:
+        return []
+    headers = ["class", *(_short(str(a.get("name", MISSING))) for a in arms)]
+    rows = [[label, *(_fixed((a.get("f1_per_class") or {}).get(label)) for a in arms)] for label in labels]
+    return _table(headers, rows, [False] + [True] * len(arms))
+
+
+def format_report(report: dict) -> str:
+    """The run's report as aligned plain-text tables: quality, compute and latency, per-class F1."""
+    arms = list(report.get("arms") or [])
+    lines = _header(report)
+    if not arms:
+        return "\n".join([*lines, "", "(no arms)"]) + "\n"
+    lines += ["", "Quality (Δ = pruned - baseline, paired; 95% CI by paired bootstrap)"]
+    lines += _arm_table(arms, _quality_columns())
+    lines += [
+        "",
+        "Compute and latency (ratio = pruned / baseline; latencies in ms per sample; vis tokens = visual tokens kept)",
+    ]
+    lines += _arm_table(arms, _cost_columns())
+    per_class = _per_class(arms)
+    if per_class:
+        lines += ["", "Per-class F1", *per_class]
+    return "\n".join(lines) + "\n"

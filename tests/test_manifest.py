@@ -1,0 +1,239 @@
+"""Manifests load into validated datasets; every bad manifest names its file and line."""
+
+import hashlib
+import json
+import os
+
+import pytest
+
+from pilot.data.manifest import DEFAULT_PROMPT_TEMPLATE, Dataset, ManifestError, load_manifest
+
+
+def write(path, text, encoding="utf-8"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(text.encode(encoding) if isinstance(text, str) else text)
+    return path
+
+
+def write_jsonl(path, rows):
+    return write(path, "".join(json.dumps(row) + "\n" for row in rows))
+
+
+def raises(path, *fragments, **kwargs):
+    with pytest.raises(ManifestError) as info:
+        load_manifest(path, **kwargs)
+    message = str(info.value)
+    assert path.name in message, message
+    for fragment in fragments:
+        assert fragment in message, message
+    return message
+
+
+# -- happy paths ------------------------------------------------------------------------------------
+
+
+def test_csv_happy_path(tmp_path):
+    root = tmp_path / "widgets"
+    manifest = write(
+        root / "manifest.csv",
+        "image,label,question\n"
+        "imgs/a.png, scratch ,\n"
+        "imgs/b.png,hole,Is there a hole?\n"
+        "./imgs/sub/../c.png,no defect,\n",
+    )
+    ds = load_manifest(manifest)
+    assert isinstance(ds, Dataset)
+    assert ds.name == "widgets"
+    assert len(ds) == 3
+    assert ds.manifest == manifest.absolute()
+    assert ds.sha256 == hashlib.sha256(manifest.read_bytes()).hexdigest()
+    assert ds.labels == ("hole", "no defect", "scratch")
+    a, b, c = ds.items
+    assert [a.id, b.id, c.id] == ["imgs/a.png", "imgs/b.png", "imgs/c.png"]
+    assert [a.line, b.line, c.line] == [2, 3, 4]
+    assert a.label == "scratch"
+    assert a.image == (root / "imgs" / "a.png").resolve() and a.image.is_absolute()
+    assert c.image == (root / "imgs" / "c.png").resolve()
+    assert a.question == DEFAULT_PROMPT_TEMPLATE.format(labels="hole, no defect, scratch")
+    assert b.question == "Is there a hole?"
+
+
+def test_csv_bom_explicit_ids_and_multiline_question(tmp_path):
+    manifest = write(
+        tmp_path / "d" / "m.csv",
+        "\ufeffID,Image,Label,Question\n"
+        'x1,a.png,yes,"two\nlines"\n'
+        "x2,b.png,no,\n",
+    )
+    ds = load_manifest(manifest, prompt_template="Yes or no?")
+    assert [item.id for item in ds.items] == ["x1", "x2"]
+    assert ds.items[0].question == "two\nlines"
+    assert ds.items[1].line == 4  # the quoted field spans lines 2-3
+    assert ds.items[1].question == "Yes or no?"
+
+
+def test_jsonl_happy_path_with_declared_labels(tmp_path):
+    root = tmp_path / "set"
+    manifest = write_jsonl(
+        root / "data.jsonl",
+        [
+            {"image": "1.jpg", "label": "yes"},
+            {"image": "2.jpg", "label": "no", "question": "Any crack?", "id": "b"},
+            {"image": "3.jpg", "label": 2},
+        ],
+    )
+    ds = load_manifest(manifest, labels=["yes", "no", "2"], prompt_template="Pick {labels}", name="custom")
+    assert ds.name == "custom"
+    assert ds.labels == ("yes", "no", "2")  # declared order kept
+    assert [item.id for item in ds.items] == ["1.jpg", "b", "3.jpg"]
+    assert [item.label for item in ds.items] == ["yes", "no", "2"]
+    assert ds.items[0].question == "Pick yes, no, 2"
+    assert ds.items[1].question == "Any crack?"
+
+
+def test_json_and_ndjson_lines_accepted_and_blank_lines_skipped(tmp_path):
+    for suffix in (".json", ".ndjson"):
+        text = '{"image": "a.png", "label": "x"}\n\n{"image": "b.png", "label": "y"}\n'
+        manifest = write(tmp_path / f"m{suffix}", text)
+        ds = load_manifest(manifest)
+        assert [item.line for item in ds.items] == [1, 3]
+
+
+def test_missing_image_file_is_accepted(tmp_path):
+    manifest = write(tmp_path / "m.csv", "image,label\nnot/there.png,x\n")
+    ds = load_manifest(manifest)
+    assert not ds.items[0].image.exists()
+
+
+def test_absolute_path_inside_folder_is_fine(tmp_path):
+    inside = tmp_path / "imgs" / "a.png"
+    manifest = write(tmp_path / "m.csv", f"image,label\n{inside},x\n")
+    ds = load_manifest(manifest)
+    assert ds.items[0].image == inside.resolve()
+    assert ds.items[0].id == "imgs/a.png"
+
+
+def test_template_without_placeholder(tmp_path):
+    manifest = write(tmp_path / "m.csv", "image,label\na.png,x\n")
+    assert load_manifest(manifest, prompt_template="Describe.").items[0].question == "Describe."
+
+
+# -- bad manifests ----------------------------------------------------------------------------------
+
+
+def test_missing_file(tmp_path):
+    raises(tmp_path / "nope.csv", "not found")
+
+
+def test_unknown_extension(tmp_path):
+    raises(write(tmp_path / "m.txt", "image,label\na.png,x\n"), ".txt")
+
+
+@pytest.mark.parametrize("text", ["", "  \n\n"])
+def test_empty_file(tmp_path, text):
+    raises(write(tmp_path / "m.csv", text), "empty")
+
+
+def test_header_only(tmp_path):
+    raises(write(tmp_path / "m.csv", "image,label\n"), "no rows")
+
+
+def test_missing_column_lists_columns_found(tmp_path):
+    message = raises(write(tmp_path / "m.csv", "image,question\na.png,q\n"), ":1:", "'label'")
+    assert "'image', 'question'" in message
+
+
+def test_missing_key_in_jsonl(tmp_path):
+    raises(write_jsonl(tmp_path / "m.jsonl", [{"image": "a.png", "label": "x"}, {"img": "b.png", "label": "x"}]),
+           ":2:", "'image'", "'img'")
+
+
+@pytest.mark.parametrize(("row", "column"), [(",x", "image"), ("a.png,  ", "label"), ("a.png", "label")])
+def test_empty_required_value(tmp_path, row, column):
+    raises(write(tmp_path / "m.csv", f"image,label\nok.png,y\n{row}\n"), ":3:", f"'{column}'")
+
+
+def test_duplicate_ids_name_both_lines(tmp_path):
+    manifest = write(tmp_path / "m.csv", "image,label\na.png,x\nb.png,y\n./a.png,y\n")
+    raises(manifest, ":4:", "line 2", "'a.png'")
+
+
+def test_duplicate_explicit_ids(tmp_path):
+    manifest = write_jsonl(tmp_path / "m.jsonl", [{"image": "a.png", "label": "x", "id": "k"},
+                                                  {"image": "b.png", "label": "x", "id": "k"}])
+    raises(manifest, ":2:", "line 1", "'k'")
+
+
+def test_path_escape_with_dotdot(tmp_path):
+    raises(write(tmp_path / "d" / "m.csv", "image,label\na.png,x\nimgs/../../secret.png,x\n"), ":3:", "outside")
+
+
+def test_absolute_path_outside(tmp_path):
+    outside = tmp_path / "elsewhere" / "a.png"
+    raises(write(tmp_path / "d" / "m.csv", f"image,label\n{outside},x\n"), ":2:", "outside")
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink"), reason="needs symlinks")
+def test_symlinks_pointing_outside(tmp_path):
+    outside = tmp_path / "outside"
+    (outside / "dir").mkdir(parents=True)
+    (outside / "secret.png").write_bytes(b"x")
+    root = tmp_path / "d"
+    root.mkdir()
+    os.symlink(outside / "secret.png", root / "file.png")
+    os.symlink(outside / "dir", root / "linkdir")
+    raises(write(root / "m.csv", "image,label\nfile.png,x\n"), ":2:", "outside")
+    raises(write(root / "m.csv", "image,label\nok.png,x\nlinkdir/a.png,x\n"), ":3:", "outside")
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink"), reason="needs symlinks")
+def test_symlink_inside_is_fine(tmp_path):
+    (tmp_path / "real").mkdir()
+    os.symlink(tmp_path / "real", tmp_path / "alias")
+    ds = load_manifest(write(tmp_path / "m.csv", "image,label\nalias/a.png,x\n"))
+    assert ds.items[0].image == (tmp_path / "real" / "a.png").resolve()
+    assert ds.items[0].id == "alias/a.png"
+
+
+def test_unknown_label_with_declared_labels(tmp_path):
+    manifest = write(tmp_path / "m.csv", "image,label\na.png,yes\nb.png,Maybe\n")
+    message = raises(manifest, ":3:", "'Maybe'", labels=["yes", "no"])
+    assert "['yes', 'no']" in message
+
+
+def test_labels_are_case_sensitive(tmp_path):
+    manifest = write(tmp_path / "m.csv", "image,label\na.png,Yes\n")
+    raises(manifest, ":2:", "'Yes'", labels=["yes"])
+    assert load_manifest(manifest).labels == ("Yes",)
+
+
+@pytest.mark.parametrize("line", ['{"image": "b.png", "label": ', '["b.png", "x"]', '"b.png"'])
+def test_bad_json_line(tmp_path, line):
+    manifest = write(tmp_path / "m.jsonl", '{"image": "a.png", "label": "x"}\n' + line + "\n")
+    raises(manifest, ":2:")
+
+
+def test_json_document_is_refused(tmp_path):
+    manifest = write(tmp_path / "m.json", json.dumps([{"image": "a.png", "label": "x"}], indent=2))
+    raises(manifest, ":1:", "JSON lines")
+
+
+def test_non_utf8_bytes(tmp_path):
+    manifest = write(tmp_path / "m.csv", "image,label\na.png,x\nb.png,caf\xe9\n", encoding="latin-1")
+    raises(manifest, ":3:", "UTF-8")
+
+
+def test_too_many_values_in_csv_row(tmp_path):
+    raises(write(tmp_path / "m.csv", "image,label\na.png,x,extra\n"), ":2:", "commas")
+
+
+def test_semicolon_separated_csv_gets_a_hint(tmp_path):
+    raises(write(tmp_path / "m.csv", "image;label\na.png;x\n"), ":1:", "separator")
+
+
+def test_bad_declared_labels_and_template(tmp_path):
+    manifest = write(tmp_path / "m.csv", "image,label\na.png,x\n")
+    raises(manifest, "twice", labels=["x", "x"])
+    raises(manifest, "template", prompt_template="Pick {choices}")
+    with pytest.raises(TypeError):
+        load_manifest(manifest, labels="x")
