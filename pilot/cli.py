@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
 def _flops(args: argparse.Namespace) -> int:
@@ -22,6 +23,79 @@ def _flops(args: argparse.Namespace) -> int:
     print(f"full prefill TFLOPs   {result['full_baseline_tflops']:.2f} -> {result['full_pruned_tflops']:.2f} "
           f"({result['full_pruned_tflops'] / result['full_baseline_tflops']:.1%}; "
           f"{args.text_tokens} text tokens, vision tower, projector, LM head)")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from pilot.report import format_report
+    from pilot.runner import RunSettings, execute
+
+    data: dict = {}
+    if args.study:
+        import yaml
+
+        try:
+            data = yaml.safe_load(Path(args.study).read_text()) or {}
+        except (OSError, yaml.YAMLError) as error:
+            raise ValueError(f"study file {args.study}: {error}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"study file {args.study}: expected a mapping of settings")
+    name = args.name or data.pop("name", None)
+    overrides = {"model": args.model, "dataset": args.dataset, "arms": args.arm, "limit": args.limit,
+                 "batch_size": args.batch_size, "device": args.device, "dtype": args.dtype,
+                 "max_new_tokens": args.max_new_tokens,
+                 "labels": args.labels.split(",") if args.labels else None, "prompt_template": args.prompt_template}
+    data.update({key: value for key, value in overrides.items() if value is not None})
+    settings = RunSettings.from_dict(data, args.study or "flags")
+    try:
+        report = execute(settings, db_url=args.db, name=name, resume=args.resume, progress=not args.json)
+    except KeyboardInterrupt:
+        return 130
+    print(json.dumps(report) if args.json else format_report(report))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from pilot.report import format_report
+    from pilot.store import open_store
+    from pilot.summaries import build_report, find_run
+
+    sessions = open_store(args.db)
+    with sessions() as session:
+        report = build_report(session, find_run(session, args.run).id)
+    print(json.dumps(report) if args.json else format_report(report))
+    return 0
+
+
+def _runs(args: argparse.Namespace) -> int:
+    from pilot.store import open_store
+    from pilot.summaries import list_runs
+
+    sessions = open_store(args.db)
+    with sessions() as session:
+        runs = list_runs(session)
+    if args.json:
+        print(json.dumps(runs))
+        return 0
+    print(f"{'run':>4}  {'status':<11} {'created':<20} {'name':<40} arms")
+    for run in runs:
+        print(f"{run['run_id']:>4}  {run['status']:<11} {run['created_at'][:19]:<20} {run['name']:<40} "
+              f"{', '.join(run['arms'])}")
+    return 0
+
+
+def _db_upgrade(args: argparse.Namespace) -> int:
+    from pilot.store import current_revision, normalise_url, upgrade
+
+    upgrade(args.db)
+    print(f"{normalise_url(args.db)}: at revision {current_revision(args.db)}")
+    return 0
+
+
+def _demo_data(args: argparse.Namespace) -> int:
+    from pilot.data.synthetic import write_dataset
+
+    print(write_dataset(args.out, args.n, args.seed, progress=True))
     return 0
 
 
@@ -45,6 +119,47 @@ def build_parser() -> argparse.ArgumentParser:
     flops.add_argument("--json", action="store_true", help="print one JSON object")
     flops.set_defaults(func=_flops)
 
+    run = commands.add_parser("run", help="replay a dataset through the baseline and pruned arms")
+    run.add_argument("study", nargs="?", help="YAML study file with the same settings (flags override it)")
+    run.add_argument("--model", help="local LLaVA / LLaVA-NeXT checkpoint folder (default: the embedded demo)")
+    run.add_argument("--dataset", help="manifest.csv / .jsonl (default: the demo dataset)")
+    run.add_argument("--arm", action="append", help="strategy string; repeat (default: baseline, transprune)")
+    run.add_argument("--name", help="run name (rerunning a name resumes it)")
+    run.add_argument("--resume", metavar="RUN", help="finish an interrupted run (id or name)")
+    run.add_argument("--limit", type=int, help="first N samples only")
+    run.add_argument("--batch-size", type=int)
+    run.add_argument("--device", help="cpu or cuda")
+    run.add_argument("--dtype", help="float32, bfloat16 or float16")
+    run.add_argument("--max-new-tokens", type=int)
+    run.add_argument("--labels", help="declared label set, comma separated (default: inferred)")
+    run.add_argument("--prompt-template", help="question for rows without one; {labels} is replaced")
+    run.add_argument("--db", help="SQLAlchemy URL or SQLite file (default ./pilot.db)")
+    run.add_argument("--json", action="store_true", help="print one JSON object")
+    run.set_defaults(func=_run)
+
+    report = commands.add_parser("report", help="KPIs of a run, with confidence intervals")
+    report.add_argument("run", help="run id or name")
+    report.add_argument("--db")
+    report.add_argument("--json", action="store_true")
+    report.set_defaults(func=_report)
+
+    runs = commands.add_parser("runs", help="list runs")
+    runs.add_argument("--db")
+    runs.add_argument("--json", action="store_true")
+    runs.set_defaults(func=_runs)
+
+    database = commands.add_parser("db", help="database maintenance")
+    db_commands = database.add_subparsers(dest="db_command", required=True)
+    upgrade = db_commands.add_parser("upgrade", help="migrate the database to the latest schema")
+    upgrade.add_argument("--db")
+    upgrade.set_defaults(func=_db_upgrade)
+
+    demo_data = commands.add_parser("demo-data", help="write the synthetic inspection dataset")
+    demo_data.add_argument("--out", required=True)
+    demo_data.add_argument("--n", type=int, default=300)
+    demo_data.add_argument("--seed", type=int, default=0)
+    demo_data.set_defaults(func=_demo_data)
+
     demo = commands.add_parser("demo", help="the whole loop on the embedded default")
     demo.set_defaults(func=_demo)
     return parser
@@ -54,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ValueError as error:
+    except (ValueError, FileNotFoundError, RuntimeError) as error:
         print(f"pilot {args.command}: error: {error}", file=sys.stderr)
         return 2
 

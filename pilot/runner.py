@@ -1,0 +1,385 @@
+"""A/B replay: the same samples through the baseline and every pruned arm, results into the store.
+
+Nothing lost, nothing twice: each batch's results are committed as it finishes, under a unique
+(arm, sample) key; a rerun of the same settings (or ``--resume RUN``) skips what is stored.
+Arms are interleaved per batch (the starting arm rotates) so machine drift hits all alike.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+from sqlalchemy import select
+from transformers import LogitsProcessor, LogitsProcessorList
+
+from pilot.data.answers import INVALID, parse_answer
+from pilot.data.images import ImageError, load_image
+from pilot.data.manifest import Dataset, Item, load_manifest
+from pilot.models import LoadedModel, load
+from pilot.pruning import NoPrune, attach, parse
+from pilot.pruning.flops import ModelDims, full_prefill_flops, paper_flops
+from pilot.store import get_or_create, open_store, with_retries
+from pilot.store import models as db
+from pilot.summaries import build_report, find_run, store_summaries
+
+DEMO_DATASET_SIZE = 300
+DEMO_DATASET_SEED = 0
+
+
+class RunError(RuntimeError):
+    """The run cannot go on (too many errors, bad settings); the message says why."""
+
+
+@dataclass
+class RunSettings:
+    """What a run does; also the fingerprint that lets a rerun find its unfinished run."""
+
+    model: str = "demo"
+    dataset: str | None = None  # manifest path; None: the demo dataset
+    arms: list[str] = field(default_factory=lambda: ["baseline", "transprune"])
+    limit: int | None = None
+    batch_size: int = 1
+    device: str = "cpu"
+    dtype: str = "float32"
+    max_new_tokens: int = 4
+    labels: list[str] | None = None
+    prompt_template: str | None = None
+    max_error_rate: float = 0.2  # stop when more than this share of samples fail (after 20)
+    warmup_batches: int = 1
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "settings") -> RunSettings:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{source}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        settings = cls(**data)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if not self.arms:
+            raise ValueError("give at least one --arm")
+        canonical = [str(parse(arm)) for arm in self.arms]  # raises ValueError naming a bad arm
+        if len(set(canonical)) != len(canonical):
+            raise ValueError(f"arms repeat: {self.arms}")
+        self.arms = canonical
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"dtype {self.dtype!r}: use float32, bfloat16 or float16")
+
+
+def demo_dataset_path() -> Path:
+    """The demo dataset (seed 0, never used in training), generated once into the user's cache."""
+    from pilot.data import synthetic
+
+    folder = Path.home() / ".cache" / "transprune-pilot" / f"demo-data-seed{DEMO_DATASET_SEED}-n{DEMO_DATASET_SIZE}"
+    manifest = folder / "manifest.csv"
+    if not manifest.is_file():
+        synthetic.write_dataset(folder, DEMO_DATASET_SIZE, DEMO_DATASET_SEED)
+    return manifest
+
+
+def machine_info(device: torch.device) -> dict:
+    import transformers
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu, "threads": torch.get_num_threads(), "device": str(device),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "torch": torch.__version__, "transformers": transformers.__version__,
+        "python": platform.python_version(), "platform": platform.platform(),
+    }
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class _FirstTokenClock(LogitsProcessor):
+    """Notes when the first token's logits exist: the end of the prefill (time to first token)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.at: float | None = None
+
+    def __call__(self, input_ids, scores):
+        if self.at is None:
+            _synchronize(self.device)
+            self.at = time.perf_counter()
+        return scores
+
+
+@dataclass
+class _Prepared:
+    items: list[Item]
+    inputs: dict
+    errors: dict[str, str]  # sample id -> error, for items that could not be prepared
+
+
+def _prepare(loaded: LoadedModel, items: Sequence[Item], device: torch.device, dtype: torch.dtype) -> _Prepared:
+    good, images, errors = [], [], {}
+    for item in items:
+        try:
+            images.append(load_image(item.image))
+            good.append(item)
+        except ImageError as error:
+            errors[item.id] = str(error)
+    inputs = {}
+    if good:
+        prompts = [loaded.prompt(item.question) for item in good]
+        inputs = loaded.processor(images=images, text=prompts, return_tensors="pt", padding=True)
+        inputs = {k: (v.to(device, dtype) if k == "pixel_values" else v.to(device)) for k, v in inputs.items()}
+    return _Prepared(good, inputs, errors)
+
+
+def _crops(loaded: LoadedModel, inputs: dict, row: int) -> int:
+    if loaded.family != "llava_next":
+        return 1
+    from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
+
+    config = loaded.model.config
+    return image_size_to_num_patches(inputs["image_sizes"][row].tolist(), config.image_grid_pinpoints,
+                                     config.vision_config.image_size)
+
+
+def run_arm_batch(loaded: LoadedModel, strategy_text: str, prepared: _Prepared, labels: Sequence[str],
+                  max_new_tokens: int, device: torch.device) -> list[dict]:
+    """Generate for one batch in one arm; one result row (a dict of SampleResult fields) per item."""
+    model = loaded.model
+    strategy = parse(strategy_text)
+    inputs = prepared.inputs
+    batch = len(prepared.items)
+    clock = _FirstTokenClock(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    handle = None if isinstance(strategy, NoPrune) else attach(model, strategy)
+    try:
+        with torch.inference_mode():
+            _synchronize(device)
+            start = time.perf_counter()
+            output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                    logits_processor=LogitsProcessorList([clock]),
+                                    pad_token_id=loaded.processor.tokenizer.pad_token_id)
+            _synchronize(device)
+            end = time.perf_counter()
+        trace = handle.last_trace if handle else None
+        resolved = handle.strategy if handle else strategy
+    finally:
+        if handle:
+            handle.detach()
+    peak_mb = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    prompt_length = inputs["input_ids"].shape[1]
+    texts = loaded.processor.tokenizer.batch_decode(output[:, prompt_length:], skip_special_tokens=True)
+    dims = ModelDims.from_config(model.config)
+    image_token = model.config.image_token_id
+    rows = []
+    for row, item in enumerate(prepared.items):
+        valid = inputs["attention_mask"][row].bool()
+        n_visual = int((inputs["input_ids"][row][valid] == image_token).sum())
+        if trace is not None:
+            per_layer = trace.visual_tokens_per_layer[row].tolist()
+            kept = [s.kept[row][s.kept[row] >= 0].tolist() for s in trace.stages]
+            if trace.pooled_origin is not None:
+                kept = [trace.pooled_origin[row][trace.pooled_origin[row] >= 0].tolist()]
+        else:
+            per_layer, kept = [n_visual] * dims.layers, []
+        ids = inputs["input_ids"][row][valid]
+        image_positions = torch.nonzero(ids == image_token).flatten()
+        text_tokens = int(valid.sum()) - n_visual
+        instruction = int(len(ids) - 1 - image_positions.max()) if len(image_positions) else 0
+        prediction = parse_answer(texts[row], labels)
+        rows.append({
+            "sample_id": item.id, "label": item.label, "prediction": prediction, "answer_text": texts[row],
+            "correct": prediction == item.label and prediction != INVALID,
+            "prefill_ms": (clock.at - start) * 1000 / batch, "total_ms": (end - start) * 1000 / batch,
+            "batch_size": batch,
+            "paper_tflops": paper_flops(dims, per_layer) / 1e12,
+            "full_tflops": full_prefill_flops(dims, per_layer, text_tokens, resolved, instruction,
+                                              crops=_crops(loaded, inputs, row)) / 1e12,
+            "visual_tokens": n_visual, "visual_tokens_kept": per_layer[-1], "tokens_per_layer": per_layer,
+            "kept_indices": kept, "peak_memory_mb": peak_mb, "error": None,
+        })
+    return rows
+
+
+def _error_rows(errors: dict[str, str], items_by_id: dict[str, Item]) -> list[dict]:
+    return [{"sample_id": sid, "label": items_by_id[sid].label, "prediction": None, "correct": None,
+             "batch_size": 0, "error": error} for sid, error in errors.items()]
+
+
+def _commit_rows(sessions, arm_id: int, rows: list[dict]) -> int:
+    """Insert rows not stored yet (a retried commit may have landed already). Returns rows added."""
+    with sessions() as session:
+        ids = [row["sample_id"] for row in rows]
+        stored = set(session.scalars(select(db.SampleResult.sample_id).where(
+            db.SampleResult.arm_id == arm_id, db.SampleResult.sample_id.in_(ids))))
+        new = [db.SampleResult(arm_id=arm_id, **row) for row in rows if row["sample_id"] not in stored]
+        session.add_all(new)
+        session.commit()
+        return len(new)
+
+
+def _set_status(sessions, run_id: int, status: str, error: str | None = None) -> None:
+    def update():
+        with sessions() as session:
+            run = session.get(db.Run, run_id)
+            run.status = status
+            run.error = error
+            now = datetime.now(UTC)
+            if status == "running":
+                run.started_at = run.started_at or now
+            if status in ("completed", "failed", "interrupted"):
+                run.finished_at = now
+            session.commit()
+
+    with_retries(update)
+
+
+def _find_or_create_run(sessions, settings: RunSettings, dataset: Dataset, loaded: LoadedModel, name: str | None,
+                        resume: str | None) -> tuple[int, bool]:
+    """The run to fill: --resume RUN, a run with this name, or an unfinished run with these settings."""
+    fingerprint = settings.fingerprint()
+    with sessions() as session:
+        if resume is not None:
+            run = find_run(session, resume)
+            return run.id, True
+        if name is not None:
+            run = session.scalar(select(db.Run).where(db.Run.name == name))
+            if run is not None:
+                if run.settings_sha256 != fingerprint:
+                    raise RunError(f"a run named {name!r} exists with other settings; pick another --name "
+                                   f"or `pilot run --resume {run.id}`")
+                return run.id, True
+        else:
+            run = session.scalar(select(db.Run).where(db.Run.settings_sha256 == fingerprint,
+                                                      db.Run.status != "completed").order_by(db.Run.id.desc()))
+            if run is not None:
+                return run.id, True
+        dataset_row, _ = get_or_create(session, db.Dataset, name=dataset.name, manifest_sha256=dataset.sha256,
+                                       defaults={"manifest_path": str(dataset.manifest), "size": len(dataset),
+                                                 "labels": list(dataset.labels)})
+        model_row, _ = get_or_create(session, db.ModelRecord, path=str(loaded.path),
+                                     config_sha256=loaded.config_hash,
+                                     defaults={"name": loaded.name, "model_class": loaded.model_class})
+        stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+        run = db.Run(name=name or f"{dataset.name}-{stamp}-{fingerprint[:6]}", dataset_id=dataset_row.id,
+                     model_id=model_row.id, settings=asdict(settings), settings_sha256=fingerprint,
+                     machine=machine_info(torch.device(settings.device)), status="pending")
+        session.add(run)
+        session.flush()
+        for position, arm in enumerate(settings.arms):
+            session.add(db.Arm(run_id=run.id, name=arm, strategy=arm, position=position))
+        session.commit()
+        return run.id, False
+
+
+def load_run_settings(db_url: str | None, key: str) -> RunSettings:
+    sessions = open_store(db_url)
+    with sessions() as session:
+        return RunSettings.from_dict(find_run(session, key).settings, f"run {key}")
+
+
+def execute(settings: RunSettings, *, db_url: str | None = None, name: str | None = None,
+            resume: str | None = None, progress: bool = True, log: Callable[[str], None] | None = None) -> dict:
+    """Run (or finish) a pilot run; returns its report dict. Ctrl-C marks it interrupted."""
+    log = log or (lambda message: print(message, file=sys.stderr))
+    if resume is not None:
+        settings = load_run_settings(db_url, resume)
+    settings.validate()
+    sessions = open_store(db_url)
+    manifest = settings.dataset or str(demo_dataset_path())
+    labels = settings.labels
+    if settings.dataset is None and labels is None:
+        from pilot.data.synthetic import LABELS
+
+        labels = list(LABELS)
+    dataset = load_manifest(manifest, labels=labels, prompt_template=settings.prompt_template)
+    items = list(dataset.items[: settings.limit] if settings.limit else dataset.items)
+    device = torch.device(settings.device)
+    dtype = getattr(torch, settings.dtype)
+    loaded = load(settings.model, device=device, dtype=dtype)
+    for arm in settings.arms:
+        parse(arm).resolve(loaded.depth)  # a strategy that does not fit the model fails before any work
+    run_id, resumed = _find_or_create_run(sessions, settings, dataset, loaded, name, resume)
+    with sessions() as session:
+        arms = list(session.scalars(select(db.Arm).where(db.Arm.run_id == run_id).order_by(db.Arm.position)))
+        done = {arm.id: set(session.scalars(select(db.SampleResult.sample_id).where(
+            db.SampleResult.arm_id == arm.id))) for arm in arms}
+    log(f"run {run_id} ({'resumed' if resumed else 'new'}): {len(items)} samples x {len(arms)} arms, "
+        f"{sum(len(v) for v in done.values())} results already stored; model {loaded.name} on {device}")
+    _set_status(sessions, run_id, "running")
+    items_by_id = {item.id: item for item in items}
+    batches = [items[i : i + settings.batch_size] for i in range(0, len(items), settings.batch_size)]
+    pending = [b for b in batches if any(item.id not in done[arm.id] for arm in arms for item in b)]
+    total = sum(1 for b in pending for arm in arms for item in b if item.id not in done[arm.id])
+    try:
+        _warm_up(loaded, arms, pending, settings, device, dtype, dataset.labels)
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, unit="result", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+        errors = processed = 0
+        for batch_index, batch in enumerate(pending):
+            prepared = _prepare(loaded, batch, device, dtype)
+            order = arms[batch_index % len(arms):] + arms[: batch_index % len(arms)]
+            for arm in order:
+                todo = [item for item in prepared.items if item.id not in done[arm.id]]
+                rows = _error_rows({k: v for k, v in prepared.errors.items() if k not in done[arm.id]}, items_by_id)
+                if todo:
+                    subset = prepared if len(todo) == len(prepared.items) else _prepare(loaded, todo, device, dtype)
+                    rows += run_arm_batch(loaded, arm.strategy, subset, dataset.labels, settings.max_new_tokens,
+                                          device)
+                if rows:
+                    with_retries(lambda arm=arm, rows=rows: _commit_rows(sessions, arm.id, rows), log=log)
+                    done[arm.id].update(row["sample_id"] for row in rows)
+                    errors += sum(row["error"] is not None for row in rows)
+                    processed += len(rows)
+                    bar.update(len(rows))
+            if processed >= 20 and errors / processed > settings.max_error_rate:
+                raise RunError(f"{errors} of {processed} results failed (over {settings.max_error_rate:.0%}); "
+                               f"first errors: {list(prepared.errors.values())[:2]}. Fix the data and rerun: "
+                               "stored results are kept")
+        bar.close()
+    except KeyboardInterrupt:
+        _set_status(sessions, run_id, "interrupted", "stopped by the user")
+        log(f"run {run_id} interrupted; finish it with `pilot run --resume {run_id}`")
+        raise
+    except RunError as error:
+        _set_status(sessions, run_id, "failed", str(error))
+        raise
+    with_retries(lambda: store_summaries(sessions, run_id, dataset.labels), log=log)
+    _set_status(sessions, run_id, "completed")
+    with sessions() as session:
+        return build_report(session, run_id)
+
+
+def _warm_up(loaded, arms, batches, settings, device, dtype, labels) -> None:
+    """Run each arm on the first batch, untimed: kernels, caches and allocators settle first."""
+    if not batches:
+        return
+    for batch in batches[: settings.warmup_batches]:
+        prepared = _prepare(loaded, batch, device, dtype)
+        if prepared.items:
+            for arm in arms:
+                run_arm_batch(loaded, arm.strategy, prepared, labels, settings.max_new_tokens, device)

@@ -1,0 +1,226 @@
+"""ORM models of the result store: datasets, models, runs, arms, per-sample results, summaries, tuning studies.
+
+The schema is created by the Alembic migrations in the ``migrations`` package (``pilot.store.upgrade``), never by
+``Base.metadata.create_all``; a test checks that the two agree. Keep this module free of torch.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+# Stable constraint names on every backend; migrations/versions/*.py spell out the same names.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+RUN_STATUSES = ("pending", "running", "interrupted", "failed", "completed")
+INVALID_PREDICTION = "invalid"
+
+SHA256_LENGTH = 64
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """``DateTime(timezone=True)`` that always hands back aware UTC datetimes.
+
+    SQLite keeps no time zone (values come back naive) and PostgreSQL returns the session's zone; both are normalised
+    to UTC here. Naive datetimes passed in are taken to be UTC already.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        value = value.astimezone(UTC)
+        # SQLite stores the literal; a fixed UTC value without offset sorts and compares correctly as text.
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Dataset(Base):
+    __tablename__ = "datasets"
+    __table_args__ = (UniqueConstraint("name", "manifest_sha256"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(255))
+    manifest_path: Mapped[str] = mapped_column(Text)
+    manifest_sha256: Mapped[str] = mapped_column(String(SHA256_LENGTH))
+    size: Mapped[int] = mapped_column(Integer)
+    labels: Mapped[list[str]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    runs: Mapped[list[Run]] = relationship(back_populates="dataset")
+
+    def __repr__(self) -> str:
+        return f"Dataset(id={self.id!r}, name={self.name!r}, size={self.size!r})"
+
+
+class ModelRecord(Base):
+    """A model a run used: ``name`` is "demo" or the path given on the command line."""
+
+    __tablename__ = "models"
+    __table_args__ = (UniqueConstraint("path", "config_sha256"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(Text)
+    path: Mapped[str] = mapped_column(Text)
+    config_sha256: Mapped[str] = mapped_column(String(SHA256_LENGTH))
+    model_class: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    runs: Mapped[list[Run]] = relationship(back_populates="model")
+
+    def __repr__(self) -> str:
+        return f"ModelRecord(id={self.id!r}, name={self.name!r}, model_class={self.model_class!r})"
+
+
+class Run(Base):
+    __tablename__ = "runs"
+    __table_args__ = (
+        CheckConstraint("status IN ('pending', 'running', 'interrupted', 'failed', 'completed')", name="status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id"))
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    settings: Mapped[dict[str, Any]] = mapped_column(JSON)
+    settings_sha256: Mapped[str] = mapped_column(String(SHA256_LENGTH), index=True)
+    machine: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    dataset: Mapped[Dataset] = relationship(back_populates="runs")
+    model: Mapped[ModelRecord] = relationship(back_populates="runs")
+    arms: Mapped[list[Arm]] = relationship(
+        back_populates="run", order_by="Arm.position", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+    def __repr__(self) -> str:
+        return f"Run(id={self.id!r}, name={self.name!r}, status={self.status!r})"
+
+
+class Arm(Base):
+    __tablename__ = "arms"
+    __table_args__ = (UniqueConstraint("run_id", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(255))
+    strategy: Mapped[str] = mapped_column(Text)
+    position: Mapped[int] = mapped_column(Integer)
+
+    run: Mapped[Run] = relationship(back_populates="arms")
+    results: Mapped[list[SampleResult]] = relationship(
+        back_populates="arm", cascade="all, delete-orphan", passive_deletes=True
+    )
+    summary: Mapped[ArmSummary | None] = relationship(
+        back_populates="arm", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+    def __repr__(self) -> str:
+        return f"Arm(id={self.id!r}, name={self.name!r}, strategy={self.strategy!r})"
+
+
+class SampleResult(Base):
+    """One sample through one arm. (arm_id, sample_id) is unique: a rerun skips or fails on samples already stored."""
+
+    __tablename__ = "sample_results"
+    __table_args__ = (UniqueConstraint("arm_id", "sample_id", name="uq_result_arm_sample"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    arm_id: Mapped[int] = mapped_column(ForeignKey("arms.id", ondelete="CASCADE"))
+    sample_id: Mapped[str] = mapped_column(Text)
+    label: Mapped[str] = mapped_column(String(255))
+    prediction: Mapped[str | None] = mapped_column(String(255))
+    answer_text: Mapped[str | None] = mapped_column(Text)
+    correct: Mapped[bool | None] = mapped_column(Boolean)
+    prefill_ms: Mapped[float | None] = mapped_column(Float)
+    total_ms: Mapped[float | None] = mapped_column(Float)
+    batch_size: Mapped[int] = mapped_column(Integer)
+    paper_tflops: Mapped[float | None] = mapped_column(Float)
+    full_tflops: Mapped[float | None] = mapped_column(Float)
+    visual_tokens: Mapped[int | None] = mapped_column(Integer)
+    visual_tokens_kept: Mapped[int | None] = mapped_column(Integer)
+    tokens_per_layer: Mapped[list[int] | None] = mapped_column(JSON)
+    kept_indices: Mapped[list[list[int]] | None] = mapped_column(JSON)
+    peak_memory_mb: Mapped[float | None] = mapped_column(Float)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    arm: Mapped[Arm] = relationship(back_populates="results")
+
+    def __repr__(self) -> str:
+        return f"SampleResult(arm_id={self.arm_id!r}, sample_id={self.sample_id!r}, prediction={self.prediction!r})"
+
+
+class ArmSummary(Base):
+    __tablename__ = "arm_summaries"
+
+    arm_id: Mapped[int] = mapped_column(ForeignKey("arms.id", ondelete="CASCADE"), primary_key=True)
+    kpis: Mapped[dict[str, Any]] = mapped_column(JSON)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+    arm: Mapped[Arm] = relationship(back_populates="summary")
+
+
+class TuningStudy(Base):
+    __tablename__ = "tuning_studies"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    optuna_study_name: Mapped[str] = mapped_column(String(255))
+    settings: Mapped[dict[str, Any]] = mapped_column(JSON)
+    baseline_run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
+    verification_run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
+    recommended_strategy: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    baseline_run: Mapped[Run | None] = relationship(foreign_keys=[baseline_run_id])
+    verification_run: Mapped[Run | None] = relationship(foreign_keys=[verification_run_id])
+
+    def __repr__(self) -> str:
+        return f"TuningStudy(id={self.id!r}, name={self.name!r})"
