@@ -24,7 +24,7 @@ from pilot.data.manifest import load_manifest  # noqa: E402
 from pilot.metrics import Outcome, arm_kpis, compare  # noqa: E402
 from pilot.models import load  # noqa: E402
 from pilot.pruning.strategies import map_layers_to_depth  # noqa: E402
-from pilot.runner import _prepare, run_arm_batch  # noqa: E402
+from pilot.runner import prepare_batch, run_arm_batch  # noqa: E402
 
 FINAL_KEEP = (0.5, 0.25, 0.125, 0.0625)
 
@@ -59,7 +59,7 @@ def main(argv=None) -> int:
         items = list(dataset.items)
         batches = [items[i : i + args.batch_size] for i in range(0, len(items), args.batch_size)]
         device = torch.device("cpu")
-        prepared = [_prepare(loaded, batch, device, torch.float32) for batch in batches]
+        prepared = [prepare_batch(loaded, batch, device, torch.float32) for batch in batches]
         results: dict[str, list[dict]] = {arm: [] for arm in arms}
         for arm in arms:  # warm-up
             run_arm_batch(loaded, arm, prepared[0], dataset.labels, 2, device)

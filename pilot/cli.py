@@ -99,10 +99,44 @@ def _demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tune(args: argparse.Namespace) -> int:
+    from tuner.study import TuneSettings, tune
+
+    settings = TuneSettings(
+        model=args.model or "demo", dataset=args.dataset, labels=args.labels.split(",") if args.labels else None,
+        metric=args.metric, max_drop=args.max_drop, objective=args.objective, mode=args.mode,
+        multi_objective=args.multi_objective, trials=args.trials, timeout_s=args.timeout, study=args.study,
+        seed=args.seed, heldout_fraction=args.heldout_fraction, batch_size=args.batch_size, device=args.device,
+        dtype=args.dtype, limit=args.limit, max_new_tokens=args.max_new_tokens,
+    )
+    result = tune(settings, db_url=args.db, progress=not args.json)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"study {result['study']}: {result['trials']} trials ({result['pruned']} pruned early)")
+    if result["recommended"]:
+        held = result["heldout"]
+        print(f"recommended: {result['recommended']}")
+        print(f"held-out (run {held['run_id']}): macro-F1 {held['baseline_f1_macro']:.3f} -> {held['f1_macro']:.3f} "
+              f"(drop {held['f1_drop']:+.3f}, 95% upper end {held['f1_drop_ci_high']:+.3f}, budget "
+              f"{result['max_drop']}), paper TFLOPs x{held['paper_tflops_ratio']:.3f}, "
+              f"prefill x{held['prefill_ratio']:.3f}")
+        print(f"run it: {result['how_to_run']}")
+    else:
+        print(result.get("message", "no recommendation"))
+    return 0
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    from dashboard.launch import launch
+
+    return launch(args.db, port=args.port, host=args.host)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from pilot.demo import run_demo
 
-    return run_demo()
+    return run_demo(args.db, limit=args.limit, trials=args.trials)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -160,7 +194,40 @@ def build_parser() -> argparse.ArgumentParser:
     demo_data.add_argument("--seed", type=int, default=0)
     demo_data.set_defaults(func=_demo_data)
 
+    tune_parser = commands.add_parser("tune", help="find the cheapest schedule within an accuracy budget")
+    tune_parser.add_argument("--model", help="checkpoint folder (default: the embedded demo)")
+    tune_parser.add_argument("--dataset", help="manifest (default: the demo dataset)")
+    tune_parser.add_argument("--labels", help="declared label set, comma separated")
+    tune_parser.add_argument("--metric", default="f1_macro", choices=["f1_macro", "accuracy"])
+    tune_parser.add_argument("--max-drop", type=float, default=0.01, help="budget: largest allowed drop (0.01 = 1 pt)")
+    tune_parser.add_argument("--objective", default="tflops", choices=["tflops", "latency"])
+    tune_parser.add_argument("--mode", default="ratio", choices=["ratio", "mass"],
+                             help="keep ratios per stage, or score-mass thresholds per stage")
+    tune_parser.add_argument("--multi-objective", action="store_true", help="keep the Pareto front (compute, drop)")
+    tune_parser.add_argument("--trials", type=int, default=30, help="total trials (a rerun resumes the study)")
+    tune_parser.add_argument("--timeout", type=float, help="seconds for this invocation")
+    tune_parser.add_argument("--study", help="study name (workers pointing at one DB share it)")
+    tune_parser.add_argument("--seed", type=int, default=0)
+    tune_parser.add_argument("--heldout-fraction", type=float, default=0.5)
+    tune_parser.add_argument("--batch-size", type=int, default=8)
+    tune_parser.add_argument("--max-new-tokens", type=int, default=4)
+    tune_parser.add_argument("--limit", type=int, help="first N samples of each split part")
+    tune_parser.add_argument("--device", default="cpu")
+    tune_parser.add_argument("--dtype", default="float32")
+    tune_parser.add_argument("--db")
+    tune_parser.add_argument("--json", action="store_true")
+    tune_parser.set_defaults(func=_tune)
+
+    dashboard = commands.add_parser("dashboard", help="the decision makers' dashboard (Streamlit)")
+    dashboard.add_argument("--db")
+    dashboard.add_argument("--port", type=int, default=8501)
+    dashboard.add_argument("--host", default="127.0.0.1", help="bind address (default: this machine only)")
+    dashboard.set_defaults(func=_dashboard)
+
     demo = commands.add_parser("demo", help="the whole loop on the embedded default")
+    demo.add_argument("--db")
+    demo.add_argument("--limit", type=int, help="first N demo images only")
+    demo.add_argument("--trials", type=int, default=12)
     demo.set_defaults(func=_demo)
     return parser
 

@@ -19,11 +19,13 @@ from pathlib import Path
 
 import torch
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from pilot.data.answers import INVALID, parse_answer
 from pilot.data.images import ImageError, load_image
 from pilot.data.manifest import Dataset, Item, load_manifest
+from pilot.data.split import PARTS, stratified_split
 from pilot.models import LoadedModel, load
 from pilot.pruning import NoPrune, attach, parse
 from pilot.pruning.flops import ModelDims, full_prefill_flops, paper_flops
@@ -55,6 +57,9 @@ class RunSettings:
     prompt_template: str | None = None
     max_error_rate: float = 0.2  # stop when more than this share of samples fail (after 20)
     warmup_batches: int = 1
+    split: str | None = None  # "tune" or "heldout": one part of a stratified split (the tuner's)
+    split_fraction: float = 0.5  # share held out
+    split_seed: int = 0
 
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
@@ -78,8 +83,30 @@ class RunSettings:
         self.arms = canonical
         if self.batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        if self.split not in (None, *PARTS):
+            raise ValueError(f"split {self.split!r}: use one of {PARTS}")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"dtype {self.dtype!r}: use float32, bfloat16 or float16")
+
+
+def select_items(dataset: Dataset, settings: RunSettings) -> list[Item]:
+    """The run's samples: its split part (if any), then the first ``limit``."""
+    items = list(dataset.items)
+    if settings.split is not None:
+        part = stratified_split(items, settings.split_fraction, settings.split_seed)
+        items = [item for item in items if part[item.id] == settings.split]
+    return items[: settings.limit] if settings.limit else items
+
+
+def load_dataset(settings: RunSettings) -> Dataset:
+    """The run's dataset: its manifest, or the demo dataset with the demo labels."""
+    labels = settings.labels
+    if settings.dataset is None and labels is None:
+        from pilot.data.synthetic import LABELS
+
+        labels = list(LABELS)
+    manifest = settings.dataset or str(demo_dataset_path())
+    return load_manifest(manifest, labels=labels, prompt_template=settings.prompt_template)
 
 
 def demo_dataset_path() -> Path:
@@ -132,13 +159,15 @@ class _FirstTokenClock(LogitsProcessor):
 
 
 @dataclass
-class _Prepared:
+class PreparedBatch:
     items: list[Item]
     inputs: dict
     errors: dict[str, str]  # sample id -> error, for items that could not be prepared
 
 
-def _prepare(loaded: LoadedModel, items: Sequence[Item], device: torch.device, dtype: torch.dtype) -> _Prepared:
+def prepare_batch(loaded: LoadedModel, items: Sequence[Item], device: torch.device,
+                  dtype: torch.dtype) -> PreparedBatch:
+    """Load the images (a bad one becomes that sample's error) and build the model inputs."""
     good, images, errors = [], [], {}
     for item in items:
         try:
@@ -151,7 +180,7 @@ def _prepare(loaded: LoadedModel, items: Sequence[Item], device: torch.device, d
         prompts = [loaded.prompt(item.question) for item in good]
         inputs = loaded.processor(images=images, text=prompts, return_tensors="pt", padding=True)
         inputs = {k: (v.to(device, dtype) if k == "pixel_values" else v.to(device)) for k, v in inputs.items()}
-    return _Prepared(good, inputs, errors)
+    return PreparedBatch(good, inputs, errors)
 
 
 def _crops(loaded: LoadedModel, inputs: dict, row: int) -> int:
@@ -164,7 +193,7 @@ def _crops(loaded: LoadedModel, inputs: dict, row: int) -> int:
                                      config.vision_config.image_size)
 
 
-def run_arm_batch(loaded: LoadedModel, strategy_text: str, prepared: _Prepared, labels: Sequence[str],
+def run_arm_batch(loaded: LoadedModel, strategy_text: str, prepared: PreparedBatch, labels: Sequence[str],
                   max_new_tokens: int, device: torch.device) -> list[dict]:
     """Generate for one batch in one arm; one result row (a dict of SampleResult fields) per item."""
     model = loaded.model
@@ -230,15 +259,27 @@ def _error_rows(errors: dict[str, str], items_by_id: dict[str, Item]) -> list[di
 
 
 def _commit_rows(sessions, arm_id: int, rows: list[dict]) -> int:
-    """Insert rows not stored yet (a retried commit may have landed already). Returns rows added."""
+    """Insert rows not stored yet (a retried commit, or another worker, may have stored them)."""
     with sessions() as session:
         ids = [row["sample_id"] for row in rows]
         stored = set(session.scalars(select(db.SampleResult.sample_id).where(
             db.SampleResult.arm_id == arm_id, db.SampleResult.sample_id.in_(ids))))
         new = [db.SampleResult(arm_id=arm_id, **row) for row in rows if row["sample_id"] not in stored]
         session.add_all(new)
-        session.commit()
-        return len(new)
+        try:
+            session.commit()
+            return len(new)
+        except IntegrityError:  # a concurrent writer stored some meanwhile: add ours one by one
+            session.rollback()
+        added = 0
+        for row in rows:
+            session.add(db.SampleResult(arm_id=arm_id, **row))
+            try:
+                session.commit()
+                added += 1
+            except IntegrityError:  # that one is stored already: the unique key keeps exactly one
+                session.rollback()
+        return added
 
 
 def _set_status(sessions, run_id: int, status: str, error: str | None = None) -> None:
@@ -291,7 +332,13 @@ def _find_or_create_run(sessions, settings: RunSettings, dataset: Dataset, loade
         session.flush()
         for position, arm in enumerate(settings.arms):
             session.add(db.Arm(run_id=run.id, name=arm, strategy=arm, position=position))
-        session.commit()
+        try:
+            session.commit()
+        except IntegrityError:  # another worker created the same named run first: join it
+            session.rollback()
+            if name is None:
+                raise
+            return _find_or_create_run(sessions, settings, dataset, loaded, name, resume)
         return run.id, False
 
 
@@ -302,24 +349,22 @@ def load_run_settings(db_url: str | None, key: str) -> RunSettings:
 
 
 def execute(settings: RunSettings, *, db_url: str | None = None, name: str | None = None,
-            resume: str | None = None, progress: bool = True, log: Callable[[str], None] | None = None) -> dict:
-    """Run (or finish) a pilot run; returns its report dict. Ctrl-C marks it interrupted."""
+            resume: str | None = None, progress: bool = True, log: Callable[[str], None] | None = None,
+            loaded: LoadedModel | None = None) -> dict:
+    """Run (or finish) a pilot run; returns its report dict. Ctrl-C marks it interrupted.
+
+    ``loaded``: an already loaded model matching ``settings`` (the tuner reuses its own).
+    """
     log = log or (lambda message: print(message, file=sys.stderr))
     if resume is not None:
         settings = load_run_settings(db_url, resume)
     settings.validate()
     sessions = open_store(db_url)
-    manifest = settings.dataset or str(demo_dataset_path())
-    labels = settings.labels
-    if settings.dataset is None and labels is None:
-        from pilot.data.synthetic import LABELS
-
-        labels = list(LABELS)
-    dataset = load_manifest(manifest, labels=labels, prompt_template=settings.prompt_template)
-    items = list(dataset.items[: settings.limit] if settings.limit else dataset.items)
+    dataset = load_dataset(settings)
+    items = select_items(dataset, settings)
     device = torch.device(settings.device)
     dtype = getattr(torch, settings.dtype)
-    loaded = load(settings.model, device=device, dtype=dtype)
+    loaded = loaded or load(settings.model, device=device, dtype=dtype)
     for arm in settings.arms:
         parse(arm).resolve(loaded.depth)  # a strategy that does not fit the model fails before any work
     run_id, resumed = _find_or_create_run(sessions, settings, dataset, loaded, name, resume)
@@ -341,13 +386,14 @@ def execute(settings: RunSettings, *, db_url: str | None = None, name: str | Non
         bar = tqdm(total=total, unit="result", disable=not progress, file=sys.stderr, dynamic_ncols=True)
         errors = processed = 0
         for batch_index, batch in enumerate(pending):
-            prepared = _prepare(loaded, batch, device, dtype)
+            prepared = prepare_batch(loaded, batch, device, dtype)
             order = arms[batch_index % len(arms):] + arms[: batch_index % len(arms)]
             for arm in order:
                 todo = [item for item in prepared.items if item.id not in done[arm.id]]
                 rows = _error_rows({k: v for k, v in prepared.errors.items() if k not in done[arm.id]}, items_by_id)
                 if todo:
-                    subset = prepared if len(todo) == len(prepared.items) else _prepare(loaded, todo, device, dtype)
+                    subset = prepared if len(todo) == len(prepared.items) else prepare_batch(
+                        loaded, todo, device, dtype)
                     rows += run_arm_batch(loaded, arm.strategy, subset, dataset.labels, settings.max_new_tokens,
                                           device)
                 if rows:
@@ -379,7 +425,7 @@ def _warm_up(loaded, arms, batches, settings, device, dtype, labels) -> None:
     if not batches:
         return
     for batch in batches[: settings.warmup_batches]:
-        prepared = _prepare(loaded, batch, device, dtype)
+        prepared = prepare_batch(loaded, batch, device, dtype)
         if prepared.items:
             for arm in arms:
                 run_arm_batch(loaded, arm.strategy, prepared, labels, settings.max_new_tokens, device)

@@ -89,3 +89,29 @@ def fresh_db_url(request: pytest.FixtureRequest, tmp_path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'fresh.db'}"
     return request.getfixturevalue("postgres_url")()
+
+
+# --- small model and dataset shared by the runner, tuner and dashboard tests ---------------------
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory):
+    """A small random LLaVA saved as a user's checkpoint folder (same format as a real one)."""
+    import torch
+
+    from pilot.demo.train import build_model, build_processor, build_tokenizer
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("ckpt")
+    tokenizer = build_tokenizer()
+    build_model(tokenizer, layers=4, hidden=64).save_pretrained(folder)
+    build_processor(tokenizer).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def manifest(tmp_path_factory):
+    from pilot.data import synthetic
+
+    folder = tmp_path_factory.mktemp("data")
+    return synthetic.write_dataset(folder, 8, seed=5)

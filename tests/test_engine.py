@@ -208,3 +208,21 @@ def test_baseline_strategy_goes_through_the_loop_unchanged(llava):
     with attach(llava, NoPrune()) as handle:
         assert (llava(**inputs).logits - stock).abs().max() <= 1e-5
         assert handle.last_trace.visual_tokens_per_layer.eq(36).all()
+
+
+@torch.no_grad()
+def test_score_mass_mode_keeps_fewest_tokens_reaching_the_threshold(llava):
+    inputs = llava_inputs([2, 1], [5, 3])
+    strategy = TransPrune(prune_after=(2, 4), mass=(0.6, 0.5))
+    with attach(llava, strategy) as handle:
+        llava.generate(**inputs, max_new_tokens=2, do_sample=False)
+    trace = handle.last_trace
+    for stage, mass in zip(trace.stages, strategy.mass, strict=True):
+        for row in range(2):
+            score = stage.score[row][~stage.score[row].isnan()]
+            kept = int((stage.kept[row] >= 0).sum())
+            top = score.sort(descending=True).values.cumsum(0)
+            assert top[kept - 1] >= mass - 1e-6 and (kept == 1 or top[kept - 2] < mass)
+    assert str(strategy) == "transprune:prune_after=2/4,mass=0.6/0.5"
+    with pytest.raises(ValueError, match="not both"):
+        TransPrune(prune_after=(2,), keep=(0.5,), mass=(0.5,))

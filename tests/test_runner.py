@@ -22,27 +22,6 @@ from pilot.store import normalise_url, open_store
 ARMS = ["baseline", "transprune:prune_after=1/2,keep=0.5/0.25", "fastv:after=1,keep=0.5"]
 
 
-@pytest.fixture(scope="session")
-def checkpoint(tmp_path_factory):
-    """A small random LLaVA saved as a user's checkpoint folder (same format as a real one)."""
-    import torch
-
-    from pilot.demo.train import build_model, build_processor, build_tokenizer
-
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("ckpt")
-    tokenizer = build_tokenizer()
-    build_model(tokenizer, layers=4, hidden=64).save_pretrained(folder)
-    build_processor(tokenizer).save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="session")
-def manifest(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("data")
-    return synthetic.write_dataset(folder, 8, seed=5)
-
-
 def settings(checkpoint, manifest, **kw):
     return RunSettings(model=str(checkpoint), dataset=str(manifest), arms=list(ARMS), batch_size=3,
                        labels=list(synthetic.LABELS), max_new_tokens=2, **kw)

@@ -1,53 +1,38 @@
-"""``make demo`` / ``pilot demo``: the engine end to end on a small built-in model, offline."""
+"""``make demo`` / ``pilot demo``: the whole loop on the embedded default, offline.
+
+The demo model (a small LLaVA trained here, shipped in the package) answers questions about the
+synthetic inspection images; the pilot runs the baseline and the pruned arms on the demo
+dataset, the tuner looks for the cheapest schedule within one point of macro-F1, and the
+results land in the store that ``pilot dashboard`` shows.
+"""
 
 from __future__ import annotations
 
-import time
-
-import torch
-
-from pilot.pruning import attach, parse
-from pilot.pruning.flops import ModelDims, paper_flops
-from pilot.pruning.random_models import IMAGE_TOKEN, random_llava
+import sys
 
 DEMO_ARMS = ["baseline", "transprune", "fastv:after=2,keep=0.5", "random", "pool:factor=2"]
 
 
-def run_demo(arms: list[str] | None = None, samples: int = 4) -> int:
-    """Run every arm on the same prompts with a small random-weight LLaVA-1.5-layout model.
+def run_demo(db_url: str | None = None, limit: int | None = None, trials: int = 12) -> int:
+    from pilot.report import format_report
+    from pilot.runner import RunSettings, execute
+    from pilot.store import normalise_url
+    from tuner.study import TuneSettings, tune
 
-    Shows what each arm keeps per layer, its paper TFLOPs, its prefill time and whether its
-    greedy answers agree with the baseline's (random weights: agreement is the only quality
-    signal here).
-    """
-    model = random_llava(layers=12, hidden=128, heads=4, kv_heads=2, vocab=256, image_size=96, patch=8)
-    dims = ModelDims.from_config(model.config)
-    generator = torch.Generator().manual_seed(0)
-    n_visual = (96 // 8) ** 2
-    prompts = []
-    for _ in range(samples):
-        text = torch.randint(6, 256, (12,), generator=generator).tolist()
-        ids = torch.tensor([[1, 7, 8] + [IMAGE_TOKEN] * n_visual + text])
-        prompts.append({"input_ids": ids, "pixel_values": torch.randn(1, 3, 96, 96, generator=generator)})
-    print(f"demo: random LLaVA-1.5-layout model, LLM {dims.layers} layers, {n_visual} visual tokens, {samples} prompts")
-    print(f"{'arm':<58} {'visual tokens per layer':<40} {'paper GFLOPs':>12} {'prefill ms':>10} {'agree':>6}")
-    answers: dict[str, list] = {}
-    for arm in arms or DEMO_ARMS:
-        strategy = parse(arm)
-        with torch.inference_mode(), attach(model, strategy) as handle:
-            model.generate(**prompts[0], max_new_tokens=2, do_sample=False)  # warm-up
-            times, outputs = [], []
-            for prompt in prompts:
-                start = time.perf_counter()
-                model(**prompt, logits_to_keep=1)
-                times.append((time.perf_counter() - start) * 1000)
-                out = model.generate(**prompt, max_new_tokens=4, do_sample=False, min_new_tokens=4)
-                outputs.append(out[0, -4:].tolist())
-            counts = handle.last_trace.visual_tokens_per_layer[0].tolist()
-        answers[arm] = outputs
-        agree = sum(a == b for a, b in zip(outputs, answers.get("baseline", outputs),
-                                           strict=True)) / len(outputs)
-        compact = ",".join(str(c) for c in counts)
-        print(f"{str(handle.strategy):<58} {compact:<40} {paper_flops(dims, counts) / 1e9:>12.3f} "
-              f"{sorted(times)[len(times) // 2]:>10.1f} {agree:>6.0%}")
+    def say(message: str) -> None:
+        print(f"\n== {message}", file=sys.stderr, flush=True)
+
+    say("pilot run: baseline and pruned arms on the demo dataset (300 synthetic inspection images)")
+    report = execute(RunSettings(arms=list(DEMO_ARMS), batch_size=8, limit=limit), db_url=db_url)
+    print(format_report(report))
+    say(f"pilot tune: the cheapest TransPrune schedule within 1 point of macro-F1 ({trials} trials)")
+    result = tune(TuneSettings(max_drop=0.01, trials=trials, limit=limit, batch_size=8), db_url=db_url)
+    if result["recommended"]:
+        held = result["heldout"]
+        print(f"recommended: {result['recommended']}\n  held-out: macro-F1 {held['baseline_f1_macro']:.3f} -> "
+              f"{held['f1_macro']:.3f} (drop {held['f1_drop']:+.3f}, 95% upper end {held['f1_drop_ci_high']:+.3f}), "
+              f"paper TFLOPs x{held['paper_tflops_ratio']:.3f}, prefill x{held['prefill_ratio']:.3f}")
+    else:
+        print(result.get("message", "no recommendation"))
+    say(f"see it: pilot dashboard --db {normalise_url(db_url)}")
     return 0

@@ -121,10 +121,16 @@ def cosine_lr(step: int, total: int, peak: float, warmup: int = 30) -> float:
 
 
 def train_vision(model, images, patch_classes, seconds, batch, log, max_steps=None) -> None:
-    """Stage A: per-patch defect classes from the vision tower's last layer (local tokens)."""
+    """Stage A: per-patch targets from the vision tower's last layer: the defect class under the
+    patch (tokens stay local) and the patch's row and column (tokens say where they are, as real
+    vision towers' features do; the language model's 1-D positions alone hide the 2-D grid)."""
     tower = model.model.vision_tower
-    head = nn.Linear(tower.config.hidden_size, len(synthetic.DEFECT_TYPES) + 1)
-    params = list(tower.parameters()) + list(head.parameters())
+    width = tower.config.hidden_size
+    head = nn.Linear(width, len(synthetic.DEFECT_TYPES) + 1)
+    row_head, column_head = nn.Linear(width, GRID), nn.Linear(width, GRID)
+    rows = torch.arange(GRID).repeat_interleave(GRID)  # patch order is row-major
+    columns = torch.arange(GRID).repeat(GRID)
+    params = [*tower.parameters(), *head.parameters(), *row_head.parameters(), *column_head.parameters()]
     optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
     weights = torch.tensor([0.05, 1.0, 1.0, 1.0])  # defects cover ~2% of patches
     rng = np.random.default_rng(0)
@@ -139,6 +145,9 @@ def train_vision(model, images, patch_classes, seconds, batch, log, max_steps=No
         logits = head(features)
         target = torch.from_numpy(patch_classes[index]).view(len(index), -1)
         loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), weight=weights)
+        loss = loss + 0.5 * (nn.functional.cross_entropy(row_head(features).flatten(0, 1), rows.repeat(len(index)))
+                             + nn.functional.cross_entropy(column_head(features).flatten(0, 1),
+                                                           columns.repeat(len(index))))
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(step, estimated_total, 1e-3)
         optimizer.zero_grad()

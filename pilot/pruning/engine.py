@@ -335,8 +335,9 @@ class PruningHandle:
         strategy = self.strategy
         candidates = layout.visual
         length = candidates.shape[1]
-        targets = torch.tensor([kept_count(int(n), keep) for n in n_visual.tolist()], device=candidates.device)
-        targets = torch.minimum(targets, candidates.sum(dim=1))
+        if keep is not None:
+            targets = torch.tensor([kept_count(int(n), keep) for n in n_visual.tolist()], device=candidates.device)
+            targets = torch.minimum(targets, candidates.sum(dim=1))
         ttv = iga = None
         if self.replay_kept is not None:
             kept = self.replay_kept[stage].to(candidates.device)
@@ -344,6 +345,7 @@ class PruningHandle:
                                  device=candidates.device)
             chosen.scatter_(1, kept.clamp_min(0), kept >= 0)
             score = chosen.gather(1, layout.visual_index.clamp_min(0)).float() * candidates
+            targets = (score > 0).sum(dim=1)
         elif isinstance(strategy, RandomPrune):
             score = torch.zeros(candidates.shape, dtype=torch.float32)
             for row, count in enumerate(candidates.sum(dim=1).tolist()):
@@ -372,6 +374,10 @@ class PruningHandle:
             else:
                 score = iga
         order = torch.argsort(score.masked_fill(~candidates, float("-inf")), dim=1, descending=True, stable=True)
+        if keep is None and self.replay_kept is None:  # score mass: the fewest tokens reaching the threshold
+            mass = strategy.mass[stage]
+            reached = score.gather(1, order).masked_fill(~candidates.gather(1, order), 0.0).cumsum(dim=1) >= mass - 1e-6
+            targets = torch.minimum(reached.float().argmax(dim=1) + 1, candidates.sum(dim=1).clamp_min(1))
         rank = torch.empty_like(order)
         rank.scatter_(1, order, torch.arange(length, device=order.device).expand_as(order))
         keep_visual = candidates & (rank < targets[:, None])

@@ -120,6 +120,8 @@ def visual_tokens_per_layer(strategy: Strategy | str, n_visual: int, dims: Model
     current = n_visual
     if strategy.pool_factor > 1:
         current = pooled_count(n_visual, strategy.pool_factor, dims.patches_per_crop)
+    if getattr(strategy, "mass", None):
+        raise ValueError(f"{strategy}: a score-mass schedule keeps a different count per image; measure it with a run")
     keep_after = dict(strategy.stages)
     counts = []
     for layer in range(1, dims.layers + 1):

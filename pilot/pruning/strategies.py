@@ -139,23 +139,37 @@ class NoPrune(Strategy):
 class TransPrune(Strategy):
     """TransPrune: score = alpha * TTV + (1 - alpha) * IGA; keep top-k at each stage.
 
+    At each stage k is ``keep`` x the sample's original visual tokens, or, in the score-mass
+    mode (``mass`` instead of ``keep``), the fewest tokens whose scores (normalised over the
+    tokens present) sum to at least ``mass``: easy images then keep fewer tokens than hard ones.
     ``paper_schedule=True`` (the bare string ``transprune``) means the paper's 32-layer schedule,
     mapped proportionally onto the model's depth when attached (see ``for_depth``).
     """
 
     kind: ClassVar[str] = "transprune"
     prune_after: tuple[int, ...] = PAPER_PRUNE_AFTER
-    keep: tuple[float, ...] = PAPER_KEEP
+    keep: tuple[float, ...] | None = None  # None: the paper's ratios, unless ``mass`` is given
     accumulate_from: int | None = None  # None: the first prune layer (7 for the paper schedule)
     alpha: float = 0.5
     direction: str = "signed"
     positions: str = "compact"
     paper_schedule: bool = field(default=False, repr=False)
+    mass: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "prune_after", tuple(int(v) for v in self.prune_after))
-        object.__setattr__(self, "keep", tuple(float(v) for v in self.keep))
-        _check_schedule(self.prune_after, self.keep, "transprune")
+        if self.mass is not None:
+            if self.keep is not None:
+                raise ValueError("transprune: give keep (fractions) or mass (score thresholds), not both")
+            object.__setattr__(self, "mass", tuple(float(v) for v in self.mass))
+            # A mass threshold is a fraction of the score, so the same checks apply as to keep ratios,
+            # except that it need not fall: each stage's scores are normalised over the tokens present.
+            _check_schedule(self.prune_after, tuple(sorted(self.mass, reverse=True)), "transprune (mass)")
+            if len(self.mass) != len(self.prune_after):
+                raise ValueError("transprune: give one mass threshold per pruning layer")
+        else:
+            object.__setattr__(self, "keep", tuple(float(v) for v in (self.keep or PAPER_KEEP)))
+            _check_schedule(self.prune_after, self.keep, "transprune")
         if self.accumulate_from is None:
             object.__setattr__(self, "accumulate_from", self.prune_after[0])
         if not 1 <= self.accumulate_from <= self.prune_after[0]:
@@ -177,8 +191,9 @@ class TransPrune(Strategy):
         return cls(prune_after=prune_after, keep=PAPER_KEEP, **overrides)
 
     @property
-    def stages(self) -> tuple[tuple[int, float], ...]:
-        return tuple(zip(self.prune_after, self.keep, strict=True))
+    def stages(self) -> tuple[tuple[int, float | None], ...]:
+        """(layer, keep ratio) per stage; the ratio is None in the score-mass mode."""
+        return tuple(zip(self.prune_after, self.keep or (None,) * len(self.prune_after), strict=True))
 
     @property
     def accumulate_start(self) -> int | None:
@@ -195,7 +210,8 @@ class TransPrune(Strategy):
         extras = _extras(self, {"alpha": 0.5, "direction": "signed", "positions": "compact"})
         if self.paper_schedule:
             return "transprune" + (":" + ",".join(extras) if extras else "")
-        parts = [f"prune_after={_fmt_tuple(self.prune_after)}", f"keep={_fmt_tuple(self.keep)}"]
+        schedule = f"mass={_fmt_tuple(self.mass)}" if self.mass else f"keep={_fmt_tuple(self.keep)}"
+        parts = [f"prune_after={_fmt_tuple(self.prune_after)}", schedule]
         if self.accumulate_from != self.prune_after[0]:
             parts.append(f"accumulate_from={self.accumulate_from}")
         return "transprune:" + ",".join(parts + extras)
@@ -298,7 +314,7 @@ def _extras(strategy: Strategy, defaults: dict) -> list[str]:
 
 
 _FIELDS: dict[str, dict[str, type]] = {
-    "transprune": {"prune_after": tuple[int], "keep": tuple[float], "accumulate_from": int,
+    "transprune": {"prune_after": tuple[int], "keep": tuple[float], "mass": tuple[float], "accumulate_from": int,
                    "alpha": float, "direction": str, "positions": str},
     "fastv": {"after": int, "keep": float, "positions": str},
     "random": {"prune_after": tuple[int], "keep": tuple[float], "seed": int, "positions": str},
@@ -344,9 +360,10 @@ def parse(text: str | Strategy) -> Strategy:
             raise ValueError(f"{kind}: setting {name!r} given twice in {text!r}")
         kwargs[name] = _convert(kind, name, raw, fields[name])
     if kind in ("transprune", "random"):
-        has_schedule = "prune_after" in kwargs or "keep" in kwargs
-        if has_schedule and not ("prune_after" in kwargs and "keep" in kwargs):
-            raise ValueError(f"{kind}: give both prune_after and keep, or neither (paper schedule)")
+        ratios = "keep" in kwargs or "mass" in kwargs
+        has_schedule = "prune_after" in kwargs or ratios
+        if has_schedule and not ("prune_after" in kwargs and ratios):
+            raise ValueError(f"{kind}: give both prune_after and keep (or mass), or neither (paper schedule)")
         if not has_schedule:
             if "accumulate_from" in kwargs:
                 raise ValueError(f"{kind}: accumulate_from needs an explicit prune_after/keep schedule")

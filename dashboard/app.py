@@ -1,0 +1,458 @@
+"""The executive KPI dashboard: ``streamlit run dashboard/app.py -- --db URL`` (or ``pilot dashboard``).
+
+Reads the result store read-only (URL from ``--db`` after ``--``, else ``$PILOT_DB``, else ``sqlite:///pilot.db``)
+and shows, for a run or a tuning study: KPI tiles and verdicts against the accuracy budget, the monthly cost, the
+trade-off charts, the evidence (latencies, per-class F1, the samples the pruned arm answers differently with the
+patches it kept) and the exports. No torch: the page starts in seconds.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+try:
+    import dashboard  # noqa: F401 - installed (pip install -e .)
+except ImportError:  # run from a checkout without installing
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import pandas as pd
+import streamlit as st
+from sqlalchemy.exc import SQLAlchemyError
+
+from dashboard import charts, data, export
+
+PAGE_SIZE = 6
+VERDICT_BOX = {"met_with_confidence": st.success, "met": st.warning, "not_met": st.error, "unknown": st.info}
+TITLE = "TransPrune pilot"
+
+
+# ---------------------------------------------------------------- cached reads
+
+
+@st.cache_resource(show_spinner=False)
+def _engine(url: str):
+    return data.connect(url)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _report(url: str, run_id: int, key: tuple) -> dict:
+    return data.load_report(_engine(url), run_id)
+
+
+@st.cache_data(show_spinner="Loading per-sample results…", max_entries=8)
+def _samples(url: str, run_id: int, key: tuple) -> pd.DataFrame:
+    return data.load_samples(_engine(url), run_id)
+
+
+@st.cache_data(show_spinner=False, ttl=30, max_entries=8)
+def _trials(url: str, optuna_study_name: str) -> pd.DataFrame:
+    return data.load_trials(url, optuna_study_name)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _image_paths(manifest: str | None, labels: tuple[str, ...], template: str | None, demo: bool) -> dict:
+    return data.image_paths(manifest, labels, template, demo)
+
+
+@st.cache_data(show_spinner=False, ttl=10)
+def _studies(url: str) -> list[dict]:
+    return data.list_studies(_engine(url), url)
+
+
+# ---------------------------------------------------------------- sidebar
+
+
+def sidebar(url: str, runs: list[dict], studies: list[dict]) -> tuple[str, object, float, data.CostInputs]:
+    """The selection ("run", run_id) or ("study", study dict), the budget and the cost inputs."""
+    bar = st.sidebar
+    bar.header("What to show")
+    views = (["Run"] if runs else []) + (["Tuning study"] if studies else [])
+    names = [s["name"] for s in reversed(studies)]
+    ids = [r["run_id"] for r in reversed(runs)]
+    # deep links: ?run=ID or ?study=NAME pick the first view
+    linked_study = st.query_params.get("study")
+    linked_run = st.query_params.get("run")
+    linked_run = int(linked_run) if linked_run and linked_run.isdigit() and int(linked_run) in ids else None
+    first = "Tuning study" if linked_study in names else "Run"
+    view = (bar.radio("View", views, key="view", horizontal=True, index=views.index(first)) if len(views) > 1
+            else (views[0] if views else "Run"))
+    selection: object = None
+    if view == "Run" and runs:
+        by_id = {r["run_id"]: r for r in runs}
+        default = linked_run or data.default_run_id(runs)
+        selection = bar.selectbox(
+            "Run", ids, index=ids.index(default), key="run_id",
+            format_func=lambda i: f"#{i} {by_id[i]['name']} ({by_id[i]['status']})",
+            help="The latest completed run is shown first.")
+    elif view == "Tuning study" and studies:
+        chosen = bar.selectbox("Tuning study", names, key="study",
+                               index=names.index(linked_study) if linked_study in names else 0)
+        selection = next(s for s in studies if s["name"] == chosen)
+    bar.header("Accuracy budget")
+    max_drop = bar.number_input("Max macro-F1 drop", min_value=0.0, max_value=1.0, value=0.01, step=0.005,
+                                format="%.3f", key="max_drop", help="0.01 = one point of macro-F1")
+    bar.header("Cost inputs")
+    images = bar.number_input("Images per month", min_value=0, value=1_000_000, step=100_000, key="images_per_month")
+    price = bar.number_input("Price per GPU-hour", min_value=0.0, value=2.50, step=0.10, format="%.2f",
+                             key="price_per_gpu_hour")
+    utilisation = bar.number_input("GPU utilisation", min_value=0.01, max_value=1.0, value=0.6, step=0.05,
+                                   format="%.2f", key="utilisation",
+                                   help="Share of paid GPU time spent on useful inference")
+    currency = bar.text_input("Currency symbol", value="$", max_chars=4, key="currency")
+    bar.divider()
+    bar.caption(f"Database (read-only): `{data.display_url(url)}`")
+    inputs = data.CostInputs(float(images), float(price), float(utilisation), currency or "")
+    return ("study" if view == "Tuning study" else "run"), selection, float(max_drop), inputs
+
+
+# ---------------------------------------------------------------- sections
+
+
+def run_header(info: dict) -> None:
+    st.subheader(f"Run: {info['name']}")
+    created = info["created_at"].strftime("%Y-%m-%d %H:%M UTC") if info.get("created_at") else "–"
+    st.caption(f"#{info['run_id']} · status **{info['status']}** · dataset {info['dataset']} "
+               f"({info['dataset_size']:,} samples) · model {info['model']} · created {created}")
+
+
+def progress_panel(info: dict, in_progress: bool) -> None:
+    stored, expected = info["stored"], info["expected"]
+    share = stored / expected if expected else 0.0
+    if in_progress:
+        st.info(f"**Run in progress** ({info['status']}): {stored:,} of {expected:,} results stored ({share:.0%}). "
+                "Final KPIs appear here when the run completes; reload the page to update.")
+    else:
+        resume = f"`pilot run --resume {info['run_id']}`"
+        st.warning(f"**Run {info['status']}**: {stored:,} of {expected:,} results stored ({share:.0%}). "
+                   f"{info.get('error') or ''} Finish it with {resume}. The KPIs below use only the stored results "
+                   "and are not final.")
+    for arm in info["arms"]:
+        fraction = min(1.0, arm["stored"] / arm["expected"]) if arm["expected"] else 0.0
+        errors = f", {arm['errors']} errors" if arm["errors"] else ""
+        st.progress(fraction, text=f"{arm['name']}: {arm['stored']:,} / {arm['expected']:,} results{errors}")
+    if info.get("heartbeat_at") or info.get("started_at"):
+        when = info.get("heartbeat_at") or info.get("started_at")
+        st.caption(f"Last activity {when.strftime('%Y-%m-%d %H:%M:%S UTC')}.")
+    if in_progress:
+        st.button("Refresh", key="refresh")
+
+
+def arm_block(arm: dict, base: dict | None, max_drop: float, recommended: str | None) -> None:
+    with st.container(border=True):
+        star = "  ★ **recommended**" if arm["name"] == recommended else ""
+        st.markdown(f"#### {arm['name']}{star}")
+        if arm["strategy"] != arm["name"]:
+            st.caption(f"strategy `{arm['strategy']}`")
+        v = data.verdict(arm, max_drop, "f1")
+        VERDICT_BOX[v.status](f"**{v.label}.** {v.text}")
+        columns = st.columns(5)
+        for column, tile in zip(columns, data.arm_tiles(arm, base), strict=True):
+            column.metric(tile.label, tile.value, tile.delta, delta_color=tile.delta_color, help=tile.help,
+                          delta_arrow="off" if tile.delta_color == "off" else "auto", border=True)
+        vs = arm.get("vs_baseline") or {}
+        st.caption(f"Agreement with baseline {data.pct(vs.get('agreement'))} · McNemar p = "
+                   f"{data.fixed(vs.get('mcnemar_p'))} · {vs.get('n_paired', 0)} paired samples · accuracy change "
+                   f"{data.pts(vs.get('accuracy_delta'))} · full-prefill TFLOPs ratio "
+                   f"{data.fixed(vs.get('full_tflops_ratio'))}")
+
+
+def headline(report: dict, max_drop: float, inputs: data.CostInputs, recommended: str | None) -> None:
+    """One sentence for the decision: the recommended arm's savings and quality, or why there is none."""
+    pruned = data.pruned_arms(report)
+    if not pruned or data.baseline_arm(report) is None:
+        return
+    arm = next((a for a in pruned if a["name"] == recommended), None)
+    with st.container(border=True):
+        if arm is None:
+            st.markdown(f"**No arm meets the budget** (max macro-F1 drop {data.pts(max_drop, signed=False)}) with "
+                        "confidence yet: see the verdicts below, or loosen the budget.")
+            return
+        vs = arm["vs_baseline"] or {}
+        tiles = {t.key: t for t in data.arm_tiles(arm, data.baseline_arm(report))}
+        cost = next((r for r in data.cost_rows(report, inputs) if r["arm"] == arm["name"]), {})
+        st.markdown(
+            f"**Recommendation: `{arm['strategy']}`** — {tiles['compute_saved'].value} less compute, prefill "
+            f"{tiles['prefill'].value}, macro-F1 {tiles['f1_change'].value} "
+            f"(95% CI {data.ci_pts(vs.get('f1_delta_ci'))})"
+            f"; saves **{data.money(cost.get('money_saved'), inputs.currency)} per month** at "
+            f"{inputs.images_per_month:,.0f} images. {data.verdict(arm, max_drop).label}.")
+
+
+def overview(report: dict, max_drop: float, recommended: str | None) -> None:
+    base = data.baseline_arm(report)
+    pruned = data.pruned_arms(report)
+    st.markdown("### Overview")
+    if base:
+        st.markdown(f"**Baseline** · macro-F1 {data.fixed(base.get('f1_macro'))} · accuracy "
+                    f"{data.pct(base.get('accuracy'))} · prefill p50 {data.ms(base.get('prefill_ms_p50'))} · total "
+                    f"p50 {data.ms(base.get('total_ms_p50'))} · {base.get('n', 0):,} samples")
+    else:
+        st.info("This run has no baseline arm, so there is nothing to compare against.")
+    if base and not pruned:
+        st.info("This run has only the baseline arm: add a pruned arm (`pilot run --arm transprune`) to compare.")
+    for arm in pruned:
+        arm_block(arm, base, max_drop, recommended)
+
+
+def cost_panel(report: dict, inputs: data.CostInputs, arms: list[str] | None = None) -> None:
+    st.markdown("### Monthly cost")
+    st.caption(f"**Inputs:** {inputs.describe()}. Per-image time: p50 total latency measured on "
+               f"**{data.machine_text(report.get('machine'))}** at batch size **{report.get('batch_size')}** "
+               "(latencies are comparable only within one machine). GPU-hours = images × latency / 3.6e6 ms / "
+               "utilisation; money = GPU-hours × price.")
+    rows = data.cost_rows(report, inputs)
+    if arms is not None:
+        rows = [r for r in rows if r["strategy"] == data.BASELINE or r["arm"] in arms]
+    base = next((r for r in rows if r["strategy"] == data.BASELINE), None)
+    pruned = [r for r in rows if r["strategy"] != data.BASELINE]
+    tiles = ([base] if base else []) + pruned
+    if tiles:
+        columns = st.columns(min(4, len(tiles)))
+        for i, row in enumerate(tiles):
+            column = columns[i % len(columns)]
+            if row is base:
+                column.metric("Baseline: cost / month", data.money(row["cost"], inputs.currency),
+                              f"{data.hours(row['gpu_hours'])} GPU time", delta_color="off", delta_arrow="off",
+                              border=True)
+            else:
+                column.metric(f"Saved / month · {row['arm']}", data.money(row["money_saved"], inputs.currency),
+                              f"{data.hours(row['gpu_hours_saved'])} GPU time ({data.pct(row['saved_share'])})",
+                              delta_color="normal", border=True)
+    table = pd.DataFrame([{
+        "arm": r["arm"], "total latency p50": data.ms(r["total_ms_p50"]),
+        "GPU-hours / month": data.hours(r["gpu_hours"]),
+        "cost / month": data.money(r["cost"], inputs.currency),
+        "GPU-hours saved": data.hours(r["gpu_hours_saved"]) if r["strategy"] != data.BASELINE else "",
+        "money saved / month": data.money(r["money_saved"], inputs.currency) if r["strategy"] != data.BASELINE else "",
+    } for r in rows])
+    if len(table):
+        st.dataframe(table, hide_index=True, width="stretch")
+
+
+def tradeoff_section(points: pd.DataFrame, max_drop: float, metric: str, what: str) -> None:
+    st.markdown("### Trade-off")
+    title = data.metric_title(metric)
+    left, right = st.columns(2)
+    left.altair_chart(charts.tradeoff_chart(points, "compute_ratio", "Paper TFLOPs ratio (vs baseline)", max_drop,
+                                            title, title=f"Compute vs {title}"), width="stretch")
+    right.altair_chart(charts.tradeoff_chart(points, "prefill_ratio", "Prefill latency ratio (p50, vs baseline)",
+                                             max_drop, title, title=f"Prefill latency vs {title}"), width="stretch")
+    st.caption(f"Each point is {what}. Left and down is cheaper and worse. Orange rings and line: the Pareto front "
+               "(nothing else is both cheaper and better). Diamond: the recommended schedule. Dashed red line: the "
+               "budget. Vertical bars: 95% intervals of the change. Hover a point for its strategy string.")
+
+
+def evidence(url: str, info: dict, report: dict, key: tuple) -> None:
+    st.markdown("### Evidence")
+    samples = _samples(url, info["run_id"], key)
+    tabs = st.tabs(["Latency", "Per-class F1", "Disagreements with baseline", "Tokens per layer"])
+    with tabs[0]:
+        if samples.empty or samples["prefill_ms"].notna().sum() == 0:
+            st.info("No timed samples stored.")
+        else:
+            left, right = st.columns(2)
+            left.altair_chart(charts.latency_chart(samples, "prefill_ms", "Prefill latency per sample (ms)"),
+                              width="stretch")
+            right.altair_chart(charts.latency_chart(samples, "total_ms", "Total latency per sample (ms)"),
+                               width="stretch")
+            st.caption(f"Per-sample times (a batch's time divided by its size, batch size {report.get('batch_size')}) "
+                       f"on {data.machine_text(report.get('machine'))}.")
+    with tabs[1]:
+        frame = charts.per_class_frame(report)
+        if frame.empty:
+            st.info("No per-class F1 yet.")
+        else:
+            st.altair_chart(charts.per_class_chart(report), width="stretch")
+            wide = frame.pivot(index="label", columns="arm", values="f1")
+            order = [a["name"] for a in report["arms"]]
+            wide = wide.reindex(index=report.get("labels") or wide.index, columns=order)
+            st.dataframe(wide.map(lambda v: data.fixed(v)), width="stretch")
+    with tabs[2]:
+        disagreement_section(info, report, samples)
+    with tabs[3]:
+        per_layer = data.tokens_per_layer(samples)
+        if per_layer.empty:
+            st.info("No per-layer token counts stored.")
+        else:
+            st.altair_chart(charts.tokens_chart(per_layer), width="stretch")
+            st.caption("Visual tokens each LLM decoder layer processes under each arm's schedule (from one sample; "
+                       "the area under a line is what the layers pay for).")
+
+
+def disagreement_section(info: dict, report: dict, samples: pd.DataFrame) -> None:
+    pruned = [a["name"] for a in data.pruned_arms(report)]
+    base = data.baseline_arm(report)
+    if not pruned or base is None:
+        st.info("Disagreements need a baseline and a pruned arm.")
+        return
+    arm = st.selectbox("Pruned arm", pruned, key="disagree_arm") if len(pruned) > 1 else pruned[0]
+    labels = report.get("labels") or info["labels"]
+    rows = data.disagreements(samples, arm, labels, base["name"])
+    if rows.empty:
+        st.success(f"None disagree: {arm} answers every sample as the baseline does.")
+        return
+    st.markdown(f"**{len(rows)}** sample(s) where **{arm}** answers differently from the baseline. Each picture: "
+                "dimmed patches were dropped, outlined patches kept, one picture per pruning stage.")
+    pages = (len(rows) + PAGE_SIZE - 1) // PAGE_SIZE
+    page = 1
+    if pages > 1:
+        page = int(st.number_input(f"Page (of {pages})", min_value=1, max_value=pages, value=1, step=1,
+                                   key="disagree_page"))
+    settings = info["settings"]
+    paths = _image_paths(info.get("manifest_path"), tuple(labels), settings.get("prompt_template"),
+                         settings.get("dataset") is None)
+    chunk = rows.iloc[(page - 1) * PAGE_SIZE: page * PAGE_SIZE]
+    columns = st.columns(2)
+    for i, row in enumerate(chunk.itertuples(index=False)):
+        with columns[i % 2].container(border=True):
+            mark = {True: "✓", False: "✗"}
+            st.markdown(f"**{row.sample_id}** · label `{row.label}` · baseline `{row.baseline}` "
+                        f"{mark[row.baseline_correct]} · pruned `{row.pruned}` {mark[row.pruned_correct]}")
+            path = paths.get(row.sample_id)
+            if path is None:
+                st.caption("Image not found (the run's manifest is not readable from here).")
+                continue
+            pictures, captions, note = charts.kept_overlays(path, row.visual_tokens, row.kept_indices, row.strategy,
+                                                            row.tokens_per_layer)
+            if note:
+                st.image(str(path), caption="input", width=150)
+                st.caption(note)
+            else:
+                st.image(pictures, caption=captions, width=135)
+
+
+def export_section(report: dict, inputs: data.CostInputs, max_drop: float, recommended: str | None) -> None:
+    st.markdown("### Export")
+    left, right = st.columns(2)
+    name = report.get("name") or f"run-{report.get('run_id')}"
+    left.download_button("Download report (HTML)",
+                         data=lambda: export.build_html(report, inputs, max_drop, recommended=recommended),
+                         file_name=f"{name}-report.html", mime="text/html", key="download_html", on_click="ignore",
+                         help="KPI table, verdicts, cost panel and charts in one self-contained file")
+    right.download_button("Download KPIs (CSV)", data=export.build_csv(report, inputs, max_drop),
+                          file_name=f"{name}-kpis.csv", mime="text/csv", key="download_csv", on_click="ignore")
+
+
+# ---------------------------------------------------------------- views
+
+
+def run_view(url: str, run_id: int, max_drop: float, inputs: data.CostInputs) -> None:
+    engine = _engine(url)
+    info = data.run_info(engine, run_id)
+    run_header(info)
+    if info["status"] in data.IN_PROGRESS:
+        progress_panel(info, in_progress=True)
+        return
+    if info["status"] != "completed":
+        progress_panel(info, in_progress=False)
+    key = data.stamp(info)
+    report = _report(url, run_id, key)
+    studies = [s for s in _studies(url) if s.get("recommended_strategy")]
+    tuned = next((s["recommended_strategy"] for s in reversed(studies)
+                  if run_id in (s.get("baseline_run_id"), s.get("verification_run_id"))), None)
+    recommended = data.recommended_arm(report, max_drop, "f1", tuned)
+    st.caption(f"Latencies measured on {data.machine_text(report.get('machine'))}, batch size "
+               f"{report.get('batch_size')}.")
+    headline(report, max_drop, inputs, recommended)
+    overview(report, max_drop, recommended)
+    cost_panel(report, inputs)
+    points = data.run_points(report, max_drop, "f1", recommended)
+    tradeoff_section(points, max_drop, "f1", "an arm of this run (same samples, paired against the baseline)")
+    if recommended is None and data.pruned_arms(report):
+        st.caption("No arm is marked recommended: none meets the budget with confidence.")
+    evidence(url, info, report, key)
+    export_section(report, inputs, max_drop, recommended)
+
+
+def study_view(url: str, study: dict, max_drop: float, inputs: data.CostInputs) -> None:
+    settings = study.get("settings") or {}
+    metric = data.metric_key(settings.get("metric"))
+    st.subheader(f"Tuning study: {study['name']}")
+    study_budget = data.num(settings.get("max_drop"))
+    bits = [f"metric {settings.get('metric', 'f1_macro')}", f"objective {settings.get('objective', 'tflops')}"]
+    if study_budget is not None:
+        bits.append(f"tuned for a max drop of {data.pts(study_budget, signed=False)}")
+    st.caption(" · ".join(bits))
+    try:
+        trials = _trials(url, study["optuna_study_name"])
+    except KeyError:
+        st.warning(f"The Optuna study {study['optuna_study_name']!r} is not in this database (yet).")
+        return
+    states = trials["state"].value_counts().to_dict() if len(trials) else {}
+    complete = int(states.get("COMPLETE", 0))
+    feasible = int(trials["feasible"].fillna(False).astype(bool).sum()) if len(trials) else 0
+    columns = st.columns(4)
+    columns[0].metric("Trials", f"{len(trials)}", f"{complete} complete", delta_color="off", delta_arrow="off",
+                      border=True)
+    columns[1].metric("Within budget", f"{feasible}", "on the tuning split", delta_color="off", delta_arrow="off",
+                      border=True)
+    columns[2].metric("Pruned early", f"{int(states.get('PRUNED', 0))}", f"{int(states.get('FAIL', 0))} failed",
+                      delta_color="off", delta_arrow="off", border=True)
+    recommended = study.get("recommended_strategy")
+    columns[3].metric("Recommended", "yes" if recommended else "none yet", delta_arrow="off", border=True)
+    if study_budget is not None and abs(study_budget - max_drop) > 1e-12:
+        st.caption(f"Trial colours follow the study's own budget ({data.pts(study_budget, signed=False)}); the "
+                   f"dashed line shows the budget set in the sidebar ({data.pts(max_drop, signed=False)}).")
+    if recommended:
+        st.success(f"**Recommended schedule:** `{recommended}`")
+    else:
+        st.warning("No recommended schedule: no trial has met the budget on held-out data yet.")
+    verification = study.get("verification_run_id")
+    if recommended and verification:
+        info = data.run_info(_engine(url), verification)
+        if info["status"] == "completed":
+            report = _report(url, verification, data.stamp(info))
+            arm = next((a for a in data.pruned_arms(report) if a["strategy"] == recommended), None)
+            st.markdown(f"### Held-out verification: run {info['name']}")
+            if arm is None:
+                st.info("The verification run has no arm with the recommended strategy.")
+            else:
+                arm_block(arm, data.baseline_arm(report), max_drop, arm["name"])
+                cost_panel(report, inputs, arms=[arm["name"]])
+        else:
+            st.info(f"Held-out verification run #{verification} is {info['status']}.")
+    points = data.trial_points(trials, metric, recommended, study_budget if study_budget is not None else max_drop)
+    if len(points) <= 1:
+        st.info("No finished trial with a strategy and a metric drop yet.")
+    else:
+        tradeoff_section(points, max_drop, metric, "a finished trial, measured on the tuning split")
+    if len(trials):
+        st.markdown("### Trials")
+        values = trials["values"].map(lambda v: "" if v is None else ", ".join(f"{x:.4g}" for x in v))
+        table = trials.assign(values=values)
+        st.dataframe(table, hide_index=True, width="stretch")
+
+
+def main() -> None:
+    st.set_page_config(page_title=TITLE, layout="wide")
+    url = data.resolve_db_url(sys.argv[1:])
+    st.title(TITLE)
+    try:
+        engine = _engine(url)
+    except data.StoreUnavailable as error:
+        st.sidebar.caption(f"Database: `{data.display_url(url)}`")
+        (st.warning if error.kind != "unreachable" else st.error)(error.message)
+        return
+    try:
+        runs = data.list_runs(engine)
+        try:
+            studies = _studies(url)
+        except (SQLAlchemyError, ImportError) as error:
+            studies = []
+            st.sidebar.caption(f"Tuning studies not readable: {error}")
+        kind, selection, max_drop, inputs = sidebar(url, runs, studies)
+        if not runs and not studies:
+            st.info("No runs in this database yet. Start one with `pilot run` (or `pilot demo`), then reload.")
+            return
+        if kind == "study":
+            study_view(url, selection, max_drop, inputs)
+        else:
+            run_view(url, int(selection), max_drop, inputs)
+    except SQLAlchemyError as error:
+        detail = str(getattr(error, "orig", None) or error).strip().splitlines()
+        st.error(f"The database could not be read: {detail[0] if detail else error}. If it was created by an older "
+                 "version of the pilot, run any `pilot` command once to upgrade it.")
+
+
+main()
