@@ -56,8 +56,16 @@ def _image_paths(manifest: str | None, labels: tuple[str, ...], template: str | 
 
 
 @st.cache_data(show_spinner=False, ttl=10)
-def _studies(url: str) -> list[dict]:
+def _list_studies(url: str) -> list[dict]:
     return data.list_studies(_engine(url), url)
+
+
+def _studies(url: str) -> list[dict]:
+    """The tuning studies, or none when Optuna's tables cannot be read (the runs still show)."""
+    try:
+        return _list_studies(url)
+    except (SQLAlchemyError, ImportError, RuntimeError, ValueError):
+        return []
 
 
 # ---------------------------------------------------------------- sidebar
@@ -153,7 +161,9 @@ def arm_block(arm: dict, base: dict | None, max_drop: float, recommended: str | 
         vs = arm.get("vs_baseline") or {}
         st.caption(f"Agreement with baseline {data.pct(vs.get('agreement'))} · McNemar p = "
                    f"{data.fixed(vs.get('mcnemar_p'))} · {vs.get('n_paired', 0)} paired samples · accuracy change "
-                   f"{data.pts(vs.get('accuracy_delta'))} · full-prefill TFLOPs ratio "
+                   f"{data.pts(vs.get('accuracy_delta'))} · paper TFLOPs ratio "
+                   f"{data.fixed(vs.get('paper_tflops_ratio'))}"
+                   f" (ratio of means {data.fixed(vs.get('paper_tflops_ratio_of_means'))}) · full-prefill TFLOPs ratio "
                    f"{data.fixed(vs.get('full_tflops_ratio'))}")
 
 
@@ -232,6 +242,9 @@ def cost_panel(report: dict, inputs: data.CostInputs, arms: list[str] | None = N
 
 def tradeoff_section(points: pd.DataFrame, max_drop: float, metric: str, what: str) -> None:
     st.markdown("### Trade-off")
+    if len(points) < 2:
+        st.info("Nothing to compare yet: the trade-off needs the baseline and at least one pruned arm with results.")
+        return
     title = data.metric_title(metric)
     left, right = st.columns(2)
     left.altair_chart(charts.tradeoff_chart(points, "compute_ratio", "Paper TFLOPs ratio (vs baseline)", max_drop,
@@ -399,16 +412,19 @@ def study_view(url: str, study: dict, max_drop: float, inputs: data.CostInputs) 
     else:
         st.warning("No recommended schedule: no trial has met the budget on held-out data yet.")
     verification = study.get("verification_run_id")
-    if recommended and verification:
+    if verification:
         info = data.run_info(_engine(url), verification)
         if info["status"] == "completed":
             report = _report(url, verification, data.stamp(info))
-            arm = next((a for a in data.pruned_arms(report) if a["strategy"] == recommended), None)
-            st.markdown(f"### Held-out verification: run {info['name']}")
+            pruned = data.pruned_arms(report)
+            arm = next((a for a in pruned if a["strategy"] == recommended), None if recommended else
+                       next(iter(pruned), None))
+            what = "verification" if recommended else "check of the best candidate (it did not hold the budget)"
+            st.markdown(f"### Held-out {what}: run {info['name']}")
             if arm is None:
                 st.info("The verification run has no arm with the recommended strategy.")
             else:
-                arm_block(arm, data.baseline_arm(report), max_drop, arm["name"])
+                arm_block(arm, data.baseline_arm(report), max_drop, arm["name"] if recommended else None)
                 cost_panel(report, inputs, arms=[arm["name"]])
         else:
             st.info(f"Held-out verification run #{verification} is {info['status']}.")
@@ -436,11 +452,7 @@ def main() -> None:
         return
     try:
         runs = data.list_runs(engine)
-        try:
-            studies = _studies(url)
-        except (SQLAlchemyError, ImportError) as error:
-            studies = []
-            st.sidebar.caption(f"Tuning studies not readable: {error}")
+        studies = _studies(url)
         kind, selection, max_drop, inputs = sidebar(url, runs, studies)
         if not runs and not studies:
             st.info("No runs in this database yet. Start one with `pilot run` (or `pilot demo`), then reload.")

@@ -13,7 +13,8 @@ from PIL import Image, ImageDraw
 
 BASELINE_COLOUR = "#4c4c4c"
 ARM_COLOURS = ["#1f77b4", "#9467bd", "#17becf", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#ff9896", "#aec7e8"]
-TRIAL_SERIES = {"trial (meets budget)": "#2ca02c", "trial (over budget)": "#d62728"}
+TRIAL_SERIES = {"trial (meets budget)": "#2ca02c", "trial (over budget)": "#d62728",
+                "trial (pruned early)": "#c7c7c7"}
 PARETO_COLOUR = "#ff7f0e"
 # The plot keeps its height (legend and axes come on top) and fills the container's width.
 FIT_X = alt.AutoSizeParams(type="fit-x", contains="padding")
@@ -56,11 +57,16 @@ def _with_kinds(points: pd.DataFrame, x: str) -> pd.DataFrame:
 
     def series(row) -> str:
         if row["kind"] == "trial":
+            if row["state"] == "PRUNED":
+                return "trial (pruned early)"
             return "trial (meets budget)" if row["feasible"] else "trial (over budget)"
         return row["name"]
 
     df["series"] = [series(row) for _, row in df.iterrows()]
-    front = set(pareto_front(list(zip(df[x], df["change"], strict=True))))
+    # Trials pruned early carry only an estimate: they never make the front.
+    eligible = [s != "trial (pruned early)" for s in df["series"]]
+    front = set(pareto_front([(px, py) if ok else (None, None)
+                              for px, py, ok in zip(df[x], df["change"], eligible, strict=True)]))
     df["pareto"] = [i in front for i in range(len(df))]
     # Differences in points (x100) read better than fractions.
     df["change_pts"] = df["change"].astype(float) * 100

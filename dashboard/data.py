@@ -146,11 +146,13 @@ def list_runs(engine: Engine) -> list[dict]:
 
 
 def default_run_id(runs: Sequence[dict]) -> int | None:
-    """The latest completed run, else the latest run, else None."""
+    """The latest completed run (one with a pruned arm first: a tuner's baseline-only run compares nothing), else
+    the latest run, else None."""
     if not runs:
         return None
     completed = [r for r in runs if r["status"] == "completed"]
-    return max(completed or runs, key=lambda r: r["run_id"])["run_id"]
+    compared = [r for r in completed if any(a != BASELINE for a in r.get("arms") or [])]
+    return max(compared or completed or runs, key=lambda r: r["run_id"])["run_id"]
 
 
 def load_report(engine: Engine, run_id: int) -> dict:
@@ -603,8 +605,8 @@ def list_studies(engine: Engine, url: str) -> list[dict]:
     return studies
 
 
-TRIAL_COLUMNS = ["trial", "state", "values", "strategy", "f1_drop", "accuracy_drop", "paper_tflops_ratio",
-                 "prefill_ratio", "feasible"]
+TRIAL_COLUMNS = ["trial", "state", "values", "strategy", "f1_drop", "accuracy_drop", "drop_ci_high",
+                 "paper_tflops_ratio", "prefill_ratio", "feasible", "evaluated_samples"]
 
 
 def load_trials(url: str, optuna_study_name: str) -> pd.DataFrame:
@@ -620,23 +622,29 @@ def load_trials(url: str, optuna_study_name: str) -> pd.DataFrame:
             "trial": trial.number, "state": trial.state.name,
             "values": list(trial.values) if trial.values is not None else None,
             "strategy": attrs.get("strategy"), "f1_drop": num(attrs.get("f1_drop")),
-            "accuracy_drop": num(attrs.get("accuracy_drop")),
+            "accuracy_drop": num(attrs.get("accuracy_drop")), "drop_ci_high": num(attrs.get("drop_ci_high")),
             "paper_tflops_ratio": num(attrs.get("paper_tflops_ratio")),
             "prefill_ratio": num(attrs.get("prefill_ratio")), "feasible": None if feasible is None else bool(feasible),
+            "evaluated_samples": attrs.get("evaluated_samples"),
         })
     return pd.DataFrame(rows, columns=TRIAL_COLUMNS)
 
 
 def trial_points(trials: pd.DataFrame, metric: str = "f1", recommended_strategy: str | None = None,
                  max_drop: float | None = None) -> pd.DataFrame:
-    """Trade-off points of the finished trials that carry a strategy and a metric drop, plus the baseline."""
+    """Trade-off points of the trials that carry a strategy, a metric drop and a compute ratio, plus the baseline.
+
+    Complete trials, and trials pruned early (their drop is an estimate on the samples seen before pruning; they are
+    drawn apart and never count for the Pareto front).
+    """
     key = metric_key(metric)
     rows = [{"label": "baseline", "name": "baseline", "strategy": BASELINE, "kind": "baseline", "compute_ratio": 1.0,
              "prefill_ratio": 1.0, "change": 0.0, "change_lo": None, "change_hi": None, "feasible": True,
              "recommended": False, "trial": None, "state": None}]
     for t in trials.itertuples(index=False):
         drop = getattr(t, f"{key}_drop")
-        if t.state != "COMPLETE" or drop is None or t.strategy is None or num(t.paper_tflops_ratio) is None:
+        if t.state not in ("COMPLETE", "PRUNED") or drop is None or t.strategy is None \
+                or num(t.paper_tflops_ratio) is None:
             continue
         feasible = t.feasible if t.feasible is not None else (None if max_drop is None else drop <= max_drop + 1e-9)
         rows.append({"label": f"trial {t.trial}", "name": f"trial {t.trial}", "strategy": t.strategy,

@@ -74,7 +74,7 @@ def copy_db(source: str, target: Path) -> str:
 
 @pytest.fixture(scope="session")
 def study_store(store, tmp_path_factory) -> dict:
-    """A copy of the filled store with a real Optuna study (3 complete trials, 1 pruned) and its TuningStudy row."""
+    """A copy of the filled store with a real Optuna study (3 complete trials, 2 pruned) and its TuningStudy row."""
     import optuna
 
     from pilot.store import TuningStudy, open_store
@@ -90,6 +90,11 @@ def study_store(store, tmp_path_factory) -> dict:
                         "prefill_ratio": prefill, "feasible": feasible}))
     study.add_trial(optuna.trial.create_trial(params={"keep": 0.1}, distributions=distributions,
                                               state=optuna.trial.TrialState.PRUNED))
+    # pruned early by the tuner: an estimate on the samples seen so far (as tuner/study.py records it)
+    study.add_trial(optuna.trial.create_trial(
+        params={"keep": 0.1}, distributions=distributions, state=optuna.trial.TrialState.PRUNED,
+        user_attrs={"strategy": "transprune:prune_after=1,keep=0.1", "f1_drop": 0.2, "paper_tflops_ratio": 0.15,
+                    "feasible": False, "evaluated_samples": 4}))
     sessions = open_store(url)
     with sessions() as session:
         run_id = store["report"]["run_id"]
@@ -274,23 +279,24 @@ def test_database_without_tables_and_without_runs(tmp_path, monkeypatch):
     assert any("No runs in this database yet" in i.value for i in at.info)
 
 
-def _partial_run(url: str, status: str) -> None:
+def _partial_run(url: str, status: str, arms: list[str] | None = None) -> None:
     from pilot.store import Arm, Dataset, ModelRecord, Run, SampleResult, open_store
 
     sessions = open_store(url)
     labels = ["yes", "no"]
+    names = arms or ARMS[:2]
     with sessions() as session:
         dataset = Dataset(name="parts", manifest_path="/nowhere/manifest.csv", manifest_sha256="0" * 64, size=8,
                           labels=labels)
         model = ModelRecord(name="demo", path="/nowhere", config_sha256="0" * 64, model_class="Llava")
-        run = Run(name="live-run", dataset=dataset, model=model, settings={"batch_size": 2, "arms": ARMS[:2]},
+        run = Run(name="live-run", dataset=dataset, model=model, settings={"batch_size": 2, "arms": names},
                   settings_sha256="1" * 64, machine={"cpu": "test cpu", "threads": 2}, status=status)
         session.add(run)
         session.flush()
-        arms = [Arm(run_id=run.id, name=a, strategy=a, position=i) for i, a in enumerate(ARMS[:2])]
+        arms = [Arm(run_id=run.id, name=a, strategy=a, position=i) for i, a in enumerate(names)]
         session.add_all(arms)
         session.flush()
-        for arm, count in zip(arms, (3, 2), strict=True):
+        for arm, count in zip(arms, (3, 2)[: len(arms)], strict=True):
             for i in range(count):
                 session.add(SampleResult(arm_id=arm.id, sample_id=f"s{i}", label=labels[i % 2],
                                          prediction=labels[i % 2], correct=True, prefill_ms=10.0 + i,
@@ -321,6 +327,17 @@ def test_interrupted_run_shows_partial_kpis_with_a_warning(tmp_path, monkeypatch
     assert any(m.label == "Compute saved" and m.value == "50.0%" for m in at.metric)
 
 
+def test_sqlite_store_is_opened_read_only(store):
+    from sqlalchemy import text
+
+    engine = data.connect(store["url"])
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM runs")).scalar() == 1
+        with pytest.raises(Exception, match="readonly"):
+            connection.execute(text("DELETE FROM runs"))
+    engine.dispose()
+
+
 def test_postgresql_store_is_read(postgres_url, monkeypatch):
     """The same page from PostgreSQL (read-only transactions); skipped without a server unless required."""
     url = postgres_url()
@@ -336,6 +353,16 @@ def test_postgresql_store_is_read(postgres_url, monkeypatch):
     engine.dispose()
 
 
+def test_baseline_only_run_says_there_is_nothing_to_compare(tmp_path, monkeypatch):
+    url = f"sqlite:///{tmp_path / 'base.db'}"
+    _partial_run(url, "completed", arms=ARMS[:1])
+    at = app(monkeypatch, url).run()
+    assert not at.exception, [e.value for e in at.exception]
+    page = texts(at)
+    assert "only the baseline arm" in page and "Nothing to compare yet" in page
+    assert "Baseline: cost / month" in page
+
+
 # ---------------------------------------------------------------- the study view
 
 
@@ -348,17 +375,20 @@ def test_study_view_shows_the_trials(study_store, monkeypatch):
     assert "Tuning study: tune-demo" in page
     assert f"Recommended schedule:** `{STUDY_TRIALS[0][0]}`" in page
     metrics = {m.label: m.value for m in at.metric}
-    assert metrics["Trials"] == "4" and metrics["Within budget"] == "2" and metrics["Pruned early"] == "1"
+    assert metrics["Trials"] == "5" and metrics["Within budget"] == "2" and metrics["Pruned early"] == "2"
     # the held-out verification run's arm of the recommended strategy, with its verdict
     assert any(m.label == "Compute saved" for m in at.metric)
     frames, _ = chart_frames(at)
     points = max((f for f in frames if {"compute_ratio", "change", "trial"} <= set(f.columns)), key=len)
-    trials = points[points["kind"] == "trial"].sort_values("trial")
+    pruned = points[points["series"] == "trial (pruned early)"]
+    assert list(pruned["strategy"]) == ["transprune:prune_after=1,keep=0.1"] and not pruned["pareto"].any()
+    trials = points[(points["kind"] == "trial") & (points["state"] == "COMPLETE")].sort_values("trial")
     assert list(trials["strategy"]) == [t[0] for t in STUDY_TRIALS]
     assert list(trials["compute_ratio"]) == pytest.approx([t[2] for t in STUDY_TRIALS])
     assert list(trials["change"]) == pytest.approx([-t[1] for t in STUDY_TRIALS])
     assert list(trials["recommended"]) == [True, False, False]
-    # Pareto front over (compute, change): trial 1 is the cheapest, trial 0 beats the baseline and trial 2
+    # Pareto front over (compute, change): trial 1 is the cheapest, trial 0 beats the baseline and trial 2; the
+    # pruned trial (cheaper still) is only an estimate and stays off the front
     front = set(points[points["pareto"]]["name"])
     assert front == {"trial 0", "trial 1"}
 
@@ -381,6 +411,16 @@ def test_resolve_db_url(tmp_path):
     assert data.resolve_db_url(["--db=postgresql://u@h/db"], {}) == "postgresql+psycopg://u@h/db"
     assert data.resolve_db_url([], {"PILOT_DB": "sqlite:////a/b.db"}) == "sqlite:////a/b.db"
     assert data.resolve_db_url([], {}) == "sqlite:///pilot.db"
+
+
+def test_default_run_is_the_latest_completed_comparison():
+    runs = [{"run_id": 1, "status": "completed", "arms": ["baseline", "transprune"]},
+            {"run_id": 2, "status": "completed", "arms": ["baseline"]},  # a tuner's baseline-only run
+            {"run_id": 3, "status": "running", "arms": ["baseline", "fastv"]}]
+    assert data.default_run_id(runs) == 1
+    assert data.default_run_id(runs[1:]) == 2
+    assert data.default_run_id(runs[2:]) == 3
+    assert data.default_run_id([]) is None
 
 
 def test_verdicts():

@@ -156,6 +156,8 @@ def test_dashboard_renders_in_headless_chromium(tmp_path_factory, tmp_path):
 
         browser = Browser(tmp_path / "profile", tmp_path / "chromium.log")
         browser.call("Page.enable")
+        browser.call("Emulation.setDeviceMetricsOverride", width=WINDOW[0], height=WINDOW[1], deviceScaleFactor=1,
+                     mobile=False)
         browser.call("Page.navigate", url=f"{base}/")
         wanted = json.dumps([report["name"], "Compute saved", kpi])
         rendered = browser.wait_for(f"(() => {{ const t = document.body ? document.body.innerText : '';"
