@@ -30,6 +30,12 @@ def _fixed(value, digits: int = 3) -> str:
     return MISSING if v is None else f"{v:.{digits}f}"
 
 
+def _tflops(value) -> str:
+    """Four significant digits: a 7B model shows 3.817, the small demo model 0.0003412."""
+    v = _num(value)
+    return MISSING if v is None else f"{v:.4g}"
+
+
 def _signed(value, digits: int = 3) -> str:
     v = _num(value)
     if v is None:
@@ -169,9 +175,9 @@ def _quality_columns() -> list[tuple[str, _Cell]]:
 
 def _cost_columns() -> list[tuple[str, _Cell]]:
     return [
-        ("paper TFLOPs", lambda a, v: _fixed(a.get("paper_tflops"))),
+        ("paper TFLOPs", lambda a, v: _tflops(a.get("paper_tflops"))),
         ("ratio", lambda a, v: _fixed(v.get("paper_tflops_ratio"))),
-        ("full TFLOPs", lambda a, v: _fixed(a.get("full_tflops"))),
+        ("full TFLOPs", lambda a, v: _tflops(a.get("full_tflops"))),
         ("ratio", lambda a, v: _fixed(v.get("full_tflops_ratio"))),
         ("prefill p50", lambda a, v: _ms(a.get("prefill_ms_p50"))),
         ("p95", lambda a, v: _ms(a.get("prefill_ms_p95"))),
