@@ -184,14 +184,15 @@ def encode(tokenizer, question: str, answer: str | None) -> list[int]:
     return ids
 
 
-def train_language(model, tokenizer, features, defects, seconds, batch, log, max_steps=None) -> None:
+def train_language(model, tokenizer, features, defects, seconds, batch, log, max_steps=None, peak_lr=2e-3,
+                   seed=1) -> None:
     """Stage B: projector + language model on the answer, vision tower frozen."""
     language = model.model.language_model
     projector = model.model.multi_modal_projector
     params = list(projector.parameters()) + list(language.parameters()) + list(model.lm_head.parameters())
-    optimizer = torch.optim.AdamW(params, lr=2e-3, weight_decay=0.01, betas=(0.9, 0.98))
+    optimizer = torch.optim.AdamW(params, lr=peak_lr, weight_decay=0.01, betas=(0.9, 0.98))
     image_token = model.config.image_token_id
-    rng = np.random.default_rng(1)
+    rng = np.random.default_rng(seed)
     language.train()
     projector.train()
     start, step = time.time(), 0
@@ -223,7 +224,7 @@ def train_language(model, tokenizer, features, defects, seconds, batch, log, max
         loss = nn.functional.cross_entropy(answer_logits, answer_target) + 0.1 * nn.functional.cross_entropy(
             eos_logits, ids[rows_index, lengths - 1])
         for group in optimizer.param_groups:
-            group["lr"] = cosine_lr(step, estimated_total, 2e-3)
+            group["lr"] = cosine_lr(step, estimated_total, peak_lr)
         optimizer.zero_grad()
         loss.backward()
         nn.utils.clip_grad_norm_(params, 1.0)
@@ -268,6 +269,8 @@ def main(argv=None) -> int:
     parser.add_argument("--eval", type=int, default=300, help="held-out samples to evaluate on (seed 2)")
     parser.add_argument("--smoke", action="store_true", help="a one-minute run that exercises every step")
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--init", type=Path, help="continue from a checkpoint this script saved: its vision tower "
+                                                  "is kept (stage A skipped) and stage B goes on from its weights")
     args = parser.parse_args(argv)
     if args.smoke:
         args.images, args.minutes_vision, args.minutes_language, args.batch, args.eval = 64, 0.1, 0.2, 8, 16
@@ -282,17 +285,25 @@ def main(argv=None) -> int:
     tokenizer = build_tokenizer()
     processor = build_processor(tokenizer)
     model = build_model(tokenizer)
+    earlier_minutes = 0.0
+    if args.init:
+        model = LlavaForConditionalGeneration.from_pretrained(args.init, local_files_only=True)
+        earlier_minutes = json.loads((args.init / "training_report.json").read_text())["training_minutes"]
+        args.minutes_vision = 0.0
+        log(f"continuing from {args.init} ({earlier_minutes} min of training so far)")
     log(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, {GRID * GRID} visual tokens")
     images, patch_classes, defects = make_pool(args.images, TRAIN_SEED, log)
-    log(f"stage A: vision tower, {args.minutes_vision} min")
-    train_vision(model, images, patch_classes, args.minutes_vision * 60, args.batch, log,
-                 max_steps=3 if args.smoke else None)
+    if args.minutes_vision > 0:
+        log(f"stage A: vision tower, {args.minutes_vision} min")
+        train_vision(model, images, patch_classes, args.minutes_vision * 60, args.batch, log,
+                     max_steps=3 if args.smoke else None)
     features = vision_features(model, images)
     del images
     log(f"stage B: projector + language model, {args.minutes_language} min")
     train_language(model, tokenizer, features, defects, args.minutes_language * 60, args.batch, log,
-                   max_steps=3 if args.smoke else None)
-    training_minutes = (time.time() - started) / 60
+                   max_steps=3 if args.smoke else None, peak_lr=1e-3 if args.init else 2e-3,
+                   seed=2 if args.init else 1)  # a continuation draws new questions
+    training_minutes = earlier_minutes + (time.time() - started) / 60
     args.out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(args.out, safe_serialization=True)
     processor.save_pretrained(args.out)
@@ -301,6 +312,7 @@ def main(argv=None) -> int:
     report = {
         "training_minutes": round(training_minutes, 1), "threads": torch.get_num_threads(),
         "train_seed": TRAIN_SEED, "train_images": args.images, "smoke": args.smoke,
+        "continued_from": str(args.init) if args.init else None,
         "heldout": evaluate(reloaded, processor, seed=2, n=args.eval),
     }
     (args.out / "training_report.json").write_text(json.dumps(report, indent=2) + "\n")
