@@ -328,11 +328,11 @@ def _find_or_create_run(sessions, settings: RunSettings, dataset: Dataset, loade
         run = db.Run(name=name or f"{dataset.name}-{stamp}-{fingerprint[:6]}", dataset_id=dataset_row.id,
                      model_id=model_row.id, settings=asdict(settings), settings_sha256=fingerprint,
                      machine=machine_info(torch.device(settings.device)), status="pending")
-        session.add(run)
-        session.flush()
-        for position, arm in enumerate(settings.arms):
-            session.add(db.Arm(run_id=run.id, name=arm, strategy=arm, position=position))
         try:
+            session.add(run)
+            session.flush()
+            for position, arm in enumerate(settings.arms):
+                session.add(db.Arm(run_id=run.id, name=arm, strategy=arm, position=position))
             session.commit()
         except IntegrityError:  # another worker created the same named run first: join it
             session.rollback()

@@ -8,6 +8,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from pilot.metrics import Outcome, arm_kpis, compare
@@ -40,6 +41,14 @@ def arm_reports(session: Session, run: db.Run, labels: list[str]) -> list[dict]:
 
 
 def store_summaries(sessions, run_id: int, labels: list[str]) -> None:
+    """Write every arm's KPIs; a concurrent writer (another tuner worker) may have written them."""
+    try:
+        _write_summaries(sessions, run_id, labels)
+    except IntegrityError:
+        _write_summaries(sessions, run_id, labels)  # now they exist: update them
+
+
+def _write_summaries(sessions, run_id: int, labels: list[str]) -> None:
     with sessions() as session:
         run = session.get(db.Run, run_id)
         for report in arm_reports(session, run, labels):
