@@ -29,7 +29,7 @@ from pilot.metrics import Outcome, budget_verdict, compare
 from pilot.models import LoadedModel, load
 from pilot.pruning import parse
 from pilot.runner import PreparedBatch, RunSettings, execute, load_dataset, prepare_batch, run_arm_batch, select_items
-from pilot.store import get_or_create, normalise_url, open_store
+from pilot.store import get_or_create, normalise_url, open_store, schema_lock
 from pilot.store import models as db
 from pilot.summaries import outcomes
 from tuner.pruner import BudgetPruner
@@ -164,7 +164,8 @@ def tune(settings: TuneSettings, *, db_url: str | None = None, log: Callable[[st
     chunk_size = max(1, -(-len(evaluator.batches) // settings.chunks))
     chunks = [evaluator.batches[i : i + chunk_size] for i in range(0, len(evaluator.batches), chunk_size)]
 
-    storage = optuna.storages.RDBStorage(url)
+    with schema_lock(url):  # workers starting together must not both create Optuna's tables
+        storage = optuna.storages.RDBStorage(url)
     directions = ["minimize", "minimize"] if settings.multi_objective else ["minimize"]
     study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True, directions=directions,
                                 pruner=BudgetPruner(settings.max_drop))

@@ -27,6 +27,7 @@ from pilot.store.session import (
     make_engine,
     normalise_url,
     open_store,
+    schema_lock,
     upgrade,
     with_retries,
 )
@@ -52,6 +53,7 @@ __all__ = [
     "make_engine",
     "normalise_url",
     "open_store",
+    "schema_lock",
     "upgrade",
     "with_retries",
     "utcnow",

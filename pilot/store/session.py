@@ -11,6 +11,7 @@ import os
 import random
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -143,6 +144,30 @@ def upgrade(url: str | None = None) -> None:
             config = alembic_config(url)
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
+    finally:
+        engine.dispose()
+
+
+@contextmanager
+def schema_lock(url: str | None = None):
+    """Hold the schema lock that ``upgrade`` takes, e.g. while Optuna creates its own tables.
+
+    PostgreSQL: a session-level advisory lock, so concurrent workers create schemas one at a time
+    (two creating Optuna's enum types at once collide). SQLite serialises writers by itself.
+    """
+    url = normalise_url(url)
+    if not url.startswith("postgresql"):
+        yield
+        return
+    engine = _create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            connection.exec_driver_sql(f"SELECT pg_advisory_lock({_PG_MIGRATION_LOCK_KEY})")
+            try:
+                yield
+            finally:
+                connection.exec_driver_sql(f"SELECT pg_advisory_unlock({_PG_MIGRATION_LOCK_KEY})")
+                connection.commit()
     finally:
         engine.dispose()
 
