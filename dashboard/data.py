@@ -146,13 +146,17 @@ def list_runs(engine: Engine) -> list[dict]:
 
 
 def default_run_id(runs: Sequence[dict]) -> int | None:
-    """The latest completed run (one with a pruned arm first: a tuner's baseline-only run compares nothing), else
-    the latest run, else None."""
+    """The latest completed pilot run, else the latest completed run, else the latest run, else None.
+
+    A pilot run compares arms on the whole dataset; the tuner's runs (a baseline-only run on the
+    tuning split, verifications on the held-out split) are one click away, not the landing page.
+    """
     if not runs:
         return None
     completed = [r for r in runs if r["status"] == "completed"]
     compared = [r for r in completed if any(a != BASELINE for a in r.get("arms") or [])]
-    return max(compared or completed or runs, key=lambda r: r["run_id"])["run_id"]
+    pilots = [r for r in compared if not r.get("split")]
+    return max(pilots or compared or completed or runs, key=lambda r: r["run_id"])["run_id"]
 
 
 def load_report(engine: Engine, run_id: int) -> dict:

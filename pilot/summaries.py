@@ -94,4 +94,5 @@ def list_runs(session: Session) -> list[dict]:
     runs = session.scalars(select(db.Run).order_by(db.Run.id))
     return [{"run_id": r.id, "name": r.name, "status": r.status,
              "created_at": r.created_at.isoformat() if r.created_at else None,
-             "dataset": r.dataset.name, "model": r.model.name, "arms": [a.strategy for a in r.arms]} for r in runs]
+             "dataset": r.dataset.name, "model": r.model.name, "arms": [a.strategy for a in r.arms],
+             "split": (r.settings or {}).get("split")} for r in runs]

@@ -421,6 +421,10 @@ def test_default_run_is_the_latest_completed_comparison():
     assert data.default_run_id(runs[1:]) == 2
     assert data.default_run_id(runs[2:]) == 3
     assert data.default_run_id([]) is None
+    # After `make demo` the tuner's held-out verification is the newest run; the pilot run stays the landing page.
+    verification = {"run_id": 4, "status": "completed", "arms": ["baseline", "transprune:prune_after=5,keep=0.5"],
+                    "split": "heldout"}
+    assert data.default_run_id([*runs, verification]) == 1
 
 
 def test_verdicts():
