@@ -11,6 +11,8 @@ import altair as alt
 import pandas as pd
 from PIL import Image, ImageDraw
 
+from pilot.report import finite_number
+
 BASELINE_COLOUR = "#4c4c4c"
 ARM_COLOURS = ["#1f77b4", "#9467bd", "#17becf", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#ff9896", "#aec7e8"]
 TRIAL_SERIES = {"trial (meets budget)": "#2ca02c", "trial (over budget)": "#d62728",
@@ -21,16 +23,6 @@ FIT_X = alt.AutoSizeParams(type="fit-x", contains="padding")
 BUDGET_COLOUR = "#d62728"
 
 
-def _finite(value: Any) -> float | None:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
-
-
 def pareto_front(points: Sequence[tuple[Any, Any]]) -> list[int]:
     """Indices (ascending) of the points no other point dominates, for *x to minimise* and *y to maximise*.
 
@@ -38,7 +30,7 @@ def pareto_front(points: Sequence[tuple[Any, Any]]) -> list[int]:
     larger and its y not smaller, and one of the two is strictly better; equal points do not dominate each other,
     so both stay on the front. Points with a missing or non-finite coordinate are never on the front.
     """
-    clean = [(i, _finite(x), _finite(y)) for i, (x, y) in enumerate(points)]
+    clean = [(i, finite_number(x), finite_number(y)) for i, (x, y) in enumerate(points)]
     valid = [(i, x, y) for i, x, y in clean if x is not None and y is not None]
     front = []
     for i, x, y in valid:
@@ -52,7 +44,10 @@ def pareto_front(points: Sequence[tuple[Any, Any]]) -> list[int]:
 
 def _with_kinds(points: pd.DataFrame, x: str) -> pd.DataFrame:
     df = points.copy()
-    df = df[df[x].map(lambda v: _finite(v) is not None) & df["change"].map(lambda v: _finite(v) is not None)]
+    def finite(v) -> bool:
+        return finite_number(v) is not None
+
+    df = df[df[x].map(finite) & df["change"].map(finite)]
     df = df.reset_index(drop=True)
 
     def series(row) -> str:
@@ -70,8 +65,8 @@ def _with_kinds(points: pd.DataFrame, x: str) -> pd.DataFrame:
     df["pareto"] = [i in front for i in range(len(df))]
     # Differences in points (x100) read better than fractions.
     df["change_pts"] = df["change"].astype(float) * 100
-    df["lo_pts"] = df["change_lo"].map(lambda v: None if _finite(v) is None else v * 100)
-    df["hi_pts"] = df["change_hi"].map(lambda v: None if _finite(v) is None else v * 100)
+    df["lo_pts"] = df["change_lo"].map(lambda v: None if finite_number(v) is None else v * 100)
+    df["hi_pts"] = df["change_hi"].map(lambda v: None if finite_number(v) is None else v * 100)
     df["on_front"] = df["pareto"].map({True: "yes", False: "no"})
     return df
 
@@ -124,7 +119,7 @@ def tradeoff_chart(points: pd.DataFrame, x: str = "compute_ratio", x_title: str 
     highs = [*df["change_pts"], *df["hi_pts"].dropna(), 0.0]
     span = max(1.0, max(highs) - min(lows))
     y_scale = alt.Scale(domain=[min(lows) - 0.12 * span, max(highs) + 0.12 * span], nice=False)
-    x_max = max([1.05, *[v * 1.05 for v in df[x] if _finite(v) is not None]])
+    x_max = max([1.05, *[v * 1.05 for v in df[x] if finite_number(v) is not None]])
     x_scale = alt.Scale(domain=[0, x_max], nice=False)
     tooltip = [
         alt.Tooltip("name:N", title="arm / trial"),
@@ -232,7 +227,7 @@ def tokens_chart(per_layer: pd.DataFrame, width: int | str = "container") -> alt
 
 def grid_side(visual_tokens: Any) -> int | None:
     """The side of the square token grid (14 for 196 tokens), None when the count is not a square."""
-    n = _finite(visual_tokens)
+    n = finite_number(visual_tokens)
     if n is None or n <= 0 or n != int(n):
         return None
     side = math.isqrt(int(n))

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
 from pilot.metrics import budget_verdict
+from pilot.report import finite_number
 from pilot.store import models as db
 from pilot.store.session import DEFAULT_URL, normalise_url
 from pilot.summaries import BASELINE, build_report
@@ -297,14 +298,7 @@ def image_paths(manifest_path: str | None, labels: Sequence[str] | None = None,
 # ---------------------------------------------------------------- formatting
 
 
-def num(value: Any) -> float | None:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
+num = finite_number
 
 
 def pct(value: Any, digits: int = 1) -> str:

@@ -15,7 +15,8 @@ _ARM_MAX = 20  # longer arm names are shortened in the tables
 # ---------------------------------------------------------------- cell formatting
 
 
-def _num(value) -> float | None:
+def finite_number(value) -> float | None:
+    """A float for a finite number (None, booleans, NaN and text give None)."""
     if value is None or isinstance(value, bool):
         return None
     try:
@@ -26,18 +27,18 @@ def _num(value) -> float | None:
 
 
 def _fixed(value, digits: int = 3) -> str:
-    v = _num(value)
+    v = finite_number(value)
     return MISSING if v is None else f"{v:.{digits}f}"
 
 
 def _tflops(value) -> str:
     """Four significant digits: a 7B model shows 3.817, the small demo model 0.0003412."""
-    v = _num(value)
+    v = finite_number(value)
     return MISSING if v is None else f"{v:.4g}"
 
 
 def _signed(value, digits: int = 3) -> str:
-    v = _num(value)
+    v = finite_number(value)
     if v is None:
         return MISSING
     if round(v, digits) == 0:
@@ -49,13 +50,13 @@ def _delta_ci(delta, ci) -> str:
     text = _signed(delta)
     if text == MISSING:
         return MISSING
-    if isinstance(ci, list | tuple) and len(ci) == 2 and _num(ci[0]) is not None and _num(ci[1]) is not None:
+    if isinstance(ci, list | tuple) and len(ci) == 2 and all(finite_number(v) is not None for v in ci):
         text += f" [{_signed(ci[0])}, {_signed(ci[1])}]"
     return text
 
 
 def _pvalue(value) -> str:
-    v = _num(value)
+    v = finite_number(value)
     if v is None:
         return MISSING
     return f"{v:.3f}" if v >= 0.001 else f"{v:.1e}"
@@ -66,12 +67,12 @@ def _ms(value) -> str:
 
 
 def _int(value) -> str:
-    v = _num(value)
+    v = finite_number(value)
     return MISSING if v is None else f"{int(v)}" if v == int(v) else f"{v:.1f}"
 
 
 def _tokens(value) -> str:
-    v = _num(value)
+    v = finite_number(value)
     if v is None:
         return MISSING
     return f"{int(v)}" if v == int(v) else f"{v:.1f}"
