@@ -108,7 +108,7 @@ def make_pool(n: int, seed: int, log) -> tuple[np.ndarray, np.ndarray, list]:
         sample = synthetic.make_sample(seed, i)
         images[i] = np.asarray(sample.image)
         patch_classes[i] = synthetic.patch_labels(sample.mask, PATCH)
-        defects.append(sample.defects)
+        defects.append((sample.defects, sample.question, sample.label))
         if (i + 1) % 1000 == 0:
             log(f"  images {i + 1}/{n} ({time.time() - start:.0f}s)")
     return images, patch_classes, defects
@@ -203,7 +203,13 @@ def train_language(model, tokenizer, features, defects, seconds, batch, log, max
         index = rng.integers(0, len(features), batch)
         rows = []
         for i in index:
-            question, label, _ = synthetic.ask(defects[i], rng)
+            layout, planned_question, planned_label = defects[i]
+            # Half the time the image's own question, whose answers are balanced (as in evaluation);
+            # half the time another question about the same image (answers follow its layout).
+            if rng.random() < 0.5:
+                question, label = planned_question, planned_label
+            else:
+                question, label, _ = synthetic.ask(layout, rng)
             rows.append(encode(tokenizer, question, label))
         length = max(len(r) for r in rows)
         ids = torch.full((batch, length), tokenizer.pad_token_id)
