@@ -21,10 +21,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pilot.data import synthetic  # noqa: E402
 from pilot.data.manifest import load_manifest  # noqa: E402
-from pilot.metrics import Outcome, arm_kpis, compare  # noqa: E402
+from pilot.metrics import arm_kpis, compare  # noqa: E402
 from pilot.models import load  # noqa: E402
 from pilot.pruning.strategies import map_layers_to_depth  # noqa: E402
-from pilot.runner import prepare_batch, run_arm_batch  # noqa: E402
+from pilot.runner import outcomes_from_rows, prepare_batch, run_arm_batch  # noqa: E402
 
 FINAL_KEEP = (0.5, 0.25, 0.125, 0.0625)
 
@@ -68,23 +68,19 @@ def main(argv=None) -> int:
                 results[arm] += run_arm_batch(loaded, arm, batch, dataset.labels, 2, device)
             print(f"  batch {index + 1}/{len(prepared)}", file=sys.stderr)
 
-    def outcomes(rows):
-        return [Outcome(r["sample_id"], r["label"], r["prediction"], r["prefill_ms"], r["total_ms"],
-                        r["paper_tflops"], r["full_tflops"], r["visual_tokens_kept"]) for r in rows]
-
-    base = outcomes(results["baseline"])
+    base = outcomes_from_rows(results["baseline"])
     print(f"# {args.model}: {loaded.depth}-layer LLM, {args.n} samples of seed {args.seed}, batch {args.batch_size}")
     print("| arm | macro-F1 | ΔF1 [95% CI] | accuracy | mean visual tokens / layer | paper TFLOPs ratio | "
           "prefill ratio |")
     print("|---|---|---|---|---|---|---|")
     for arm in arms:
         rows = results[arm]
-        kpis = arm_kpis(outcomes(rows), dataset.labels)
+        kpis = arm_kpis(outcomes_from_rows(rows), dataset.labels)
         mean_tokens = statistics.mean(statistics.mean(r["tokens_per_layer"]) for r in rows)
         if arm == "baseline":
             delta, ratio, prefill = "", 1.0, 1.0
         else:
-            cmp = compare(base, outcomes(rows), dataset.labels)
+            cmp = compare(base, outcomes_from_rows(rows), dataset.labels)
             lo, hi = cmp["f1_delta_ci"]
             delta = f"{cmp['f1_delta']:+.3f} [{lo:+.3f}, {hi:+.3f}]"
             ratio, prefill = cmp["paper_tflops_ratio"], cmp["prefill_ratio"]

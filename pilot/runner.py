@@ -26,6 +26,7 @@ from pilot.data.answers import INVALID, parse_answer
 from pilot.data.images import ImageError, load_image
 from pilot.data.manifest import Dataset, Item, load_manifest
 from pilot.data.split import PARTS, stratified_split
+from pilot.metrics import Outcome
 from pilot.models import LoadedModel, load
 from pilot.pruning import NoPrune, attach, parse
 from pilot.pruning.flops import ModelDims, full_prefill_flops, paper_flops
@@ -251,6 +252,13 @@ def run_arm_batch(loaded: LoadedModel, strategy_text: str, prepared: PreparedBat
             "kept_indices": kept, "peak_memory_mb": peak_mb, "error": None,
         })
     return rows
+
+
+def outcomes_from_rows(rows: Sequence[dict]) -> list[Outcome]:
+    """Result rows of ``run_arm_batch`` as metric outcomes (for comparisons without the store)."""
+    return [Outcome(r["sample_id"], r["label"], r["prediction"], r.get("prefill_ms"), r.get("total_ms"),
+                    r.get("paper_tflops"), r.get("full_tflops"), r.get("visual_tokens_kept"), r.get("error"))
+            for r in rows]
 
 
 def _error_rows(errors: dict[str, str], items_by_id: dict[str, Item]) -> list[dict]:

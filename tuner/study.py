@@ -25,10 +25,18 @@ import optuna
 import torch
 from sqlalchemy import select
 
-from pilot.metrics import Outcome, budget_verdict, compare
+from pilot.metrics import budget_verdict, compare
 from pilot.models import LoadedModel, load
-from pilot.pruning import parse
-from pilot.runner import PreparedBatch, RunSettings, execute, load_dataset, prepare_batch, run_arm_batch, select_items
+from pilot.runner import (
+    PreparedBatch,
+    RunSettings,
+    execute,
+    load_dataset,
+    outcomes_from_rows,
+    prepare_batch,
+    run_arm_batch,
+    select_items,
+)
 from pilot.store import get_or_create, normalise_url, open_store, schema_lock
 from pilot.store import models as db
 from pilot.summaries import outcomes
@@ -121,11 +129,6 @@ class TrialEvaluator:
         return rows
 
 
-def _as_outcomes(rows: list[dict]) -> list[Outcome]:
-    return [Outcome(r["sample_id"], r["label"], r["prediction"], r["prefill_ms"], r["total_ms"], r["paper_tflops"],
-                    r["full_tflops"], r["visual_tokens_kept"], r.get("error")) for r in rows]
-
-
 def _drop(comparison: dict, metric: str) -> tuple[float | None, float | None, float | None]:
     """(drop, low end, high end) of the metric's drop: drop = baseline - pruned."""
     key = METRICS[metric]
@@ -192,8 +195,8 @@ def tune(settings: TuneSettings, *, db_url: str | None = None, log: Callable[[st
             trial.set_user_attr("evaluated_samples", len(rows))
             if step < len(chunks) - 1:
                 done = {r["sample_id"] for r in rows}
-                partial = compare([baseline[i] for i in done], _as_outcomes(rows), dataset.labels, resamples=300,
-                                  seed=settings.seed)
+                partial = compare([baseline[i] for i in done], outcomes_from_rows(rows), dataset.labels,
+                                  resamples=300, seed=settings.seed)
                 _, low, _ = _drop(partial, settings.metric)
                 trial.report(low, step)
                 if trial.should_prune():
@@ -201,7 +204,7 @@ def tune(settings: TuneSettings, *, db_url: str | None = None, log: Callable[[st
                     trial.set_user_attr("f1_drop", -partial["f1_delta"])  # on the samples seen so far
                     trial.set_user_attr("paper_tflops_ratio", partial["paper_tflops_ratio"])
                     raise optuna.TrialPruned(f"drop's lower bound {low:.3f} > budget {settings.max_drop}")
-        comparison = compare(list(baseline.values()), _as_outcomes(rows), dataset.labels, resamples=1000,
+        comparison = compare(list(baseline.values()), outcomes_from_rows(rows), dataset.labels, resamples=1000,
                              seed=settings.seed)
         drop, _, high = _drop(comparison, settings.metric)
         compute = comparison["paper_tflops_ratio"] if settings.objective == "tflops" else comparison["prefill_ratio"]
@@ -302,8 +305,3 @@ def _link_study(sessions, name: str, settings: TuneSettings, baseline_run_id: in
                                defaults={"optuna_study_name": name, "settings": asdict(settings),
                                          "baseline_run_id": baseline_run_id})
         session.commit()
-
-
-def parse_recommended(result: dict):
-    """The recommended strategy as an object (or None)."""
-    return parse(result["recommended"]) if result.get("recommended") else None

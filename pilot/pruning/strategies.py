@@ -18,7 +18,7 @@ String forms (canonical forms round-trip: ``str(parse(s)) == s``)::
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 PAPER_DEPTH = 32
@@ -369,10 +369,3 @@ def parse(text: str | Strategy) -> Strategy:
                 raise ValueError(f"{kind}: accumulate_from needs an explicit prune_after/keep schedule")
             kwargs["paper_schedule"] = True
     return _CLASSES[kind](**kwargs)
-
-
-def with_positions(strategy: Strategy, positions: str) -> Strategy:
-    """The same strategy with another position mode (strategies without stages are unchanged)."""
-    if not strategy.stages:
-        return strategy
-    return replace(strategy, positions=positions)
