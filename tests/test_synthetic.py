@@ -132,6 +132,39 @@ def test_labels_agree_with_the_defects(samples):
             assert sample.label == str(sum(defect.kind == sample.kind for defect in sample.defects))
 
 
+def test_extra_training_questions_are_answered_from_the_image(samples):
+    """``ask`` (more questions per training image): answers read off the question text agree with
+    the defects, and draw answers first, so "none" and "no" are not what a guesser would say."""
+    rng = np.random.default_rng(0)
+    answers = {family: [] for family in FAMILIES}
+    for sample in samples:
+        kind_in = {defect.quadrant: defect.kind for defect in sample.defects}
+        for _ in range(4):
+            question, label, family = synthetic.ask(sample.defects, rng)
+            quadrant = next((q for q in QUADRANTS if f"{q} quarter" in question), None)
+            kind = next((k for k in DEFECT_TYPES if re.search(rf"\b({k}|{PLURAL[k]})\b", question)), None)
+            if family == "type":
+                assert kind is None and label == kind_in.get(quadrant, "none"), (question, label, kind_in)
+            elif family == "presence":
+                assert label == ("yes" if kind_in.get(quadrant) == kind else "no"), (question, label, kind_in)
+            else:
+                assert quadrant is None and label == str(sum(k == kind for k in kind_in.values()))
+            answers[family].append(label)
+    assert 0.35 < answers["presence"].count("yes") / len(answers["presence"]) < 0.65
+    assert answers["type"].count("none") / len(answers["type"]) < 0.55  # 4 random quarters: about 0.6
+
+
+def test_caption_names_every_quarter_once_in_a_random_order(samples):
+    sample = next(s for s in samples if len(s.defects) == 2)
+    rng = np.random.default_rng(0)
+    captions = [synthetic.caption(sample.defects, rng).split() for _ in range(20)]
+    for words in captions:
+        assert sorted(words[0::2]) == sorted(QUADRANTS)
+        kind_in = {d.quadrant: d.kind for d in sample.defects}
+        assert words[1::2] == [kind_in.get(q, "none") for q in words[0::2]]
+    assert len({tuple(words[0::2]) for words in captions}) > 5  # the order varies
+
+
 def test_defects_are_small_and_stay_in_their_quadrant(samples):
     for sample in samples:
         occupied = {defect.quadrant for defect in sample.defects}
