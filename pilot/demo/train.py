@@ -207,15 +207,6 @@ def vision_features(model, images, batch=64) -> torch.Tensor:
     return torch.cat(out)
 
 
-def encode(tokenizer, question: str, answer: str | None) -> list[int]:
-    """The token ids the processor would give for this prompt, plus the answer and </s>."""
-    prompt = DEFAULT_PROMPT.format(question=question).replace("<image>", "<image>" * GRID * GRID)
-    ids = tokenizer(prompt)["input_ids"]
-    if answer is not None:
-        ids = ids + [tokenizer.convert_tokens_to_ids(answer), tokenizer.eos_token_id]
-    return ids
-
-
 EOS_WEIGHT = 0.1  # the loss weight of </s> after an answer, against 1 for the answer's words
 
 
@@ -241,7 +232,8 @@ class PackedQuestions:
 
 def split_prompt(tokenizer, image_token_id: int, question: str) -> tuple[list[int], list[int]]:
     """The processor's ids for this question's prompt, cut after the last image token."""
-    ids = encode(tokenizer, question, None)
+    prompt = DEFAULT_PROMPT.format(question=question).replace("<image>", "<image>" * GRID * GRID)
+    ids = tokenizer(prompt)["input_ids"]
     cut = len(ids) - ids[::-1].index(image_token_id)
     return ids[:cut], ids[cut:]
 
