@@ -135,25 +135,35 @@ def _wait_for_results(url, at_least, process, timeout=120):
     raise AssertionError("no results appeared")
 
 
-def test_kill_9_then_rerun_finishes_with_exactly_one_result_each(checkpoint, manifest, tmp_path):
+LONG_RUN = 96  # samples: the run must still be going when the test interrupts it (8 finished first, flakily)
+
+
+@pytest.fixture(scope="module")
+def long_manifest(tmp_path_factory):
+    return synthetic.write_dataset(tmp_path_factory.mktemp("long"), LONG_RUN, seed=5)
+
+
+def test_kill_9_then_rerun_finishes_with_exactly_one_result_each(checkpoint, long_manifest, tmp_path):
     url = f"sqlite:///{tmp_path / 'p.db'}"
+    manifest = long_manifest
     process = subprocess.Popen(_cli(checkpoint, manifest, url), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
     _wait_for_results(url, 3, process)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     partial = len(result_counts(url))
-    assert 3 <= partial < 16
+    assert 3 <= partial < 2 * LONG_RUN
     rerun = subprocess.run(_cli(checkpoint, manifest, url, "--json"), capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     report = json.loads(rerun.stdout)
     assert report["status"] == "completed" and report["run_id"] == 1  # the same run, resumed
     rows = result_counts(url)
-    assert len(rows) == 16 and all(count == 1 for *_, count in rows)
+    assert len(rows) == 2 * LONG_RUN and all(count == 1 for *_, count in rows)
 
 
-def test_ctrl_c_marks_the_run_interrupted_and_resume_finishes(checkpoint, manifest, tmp_path):
+def test_ctrl_c_marks_the_run_interrupted_and_resume_finishes(checkpoint, long_manifest, tmp_path):
     url = f"sqlite:///{tmp_path / 'p.db'}"
+    manifest = long_manifest
     process = subprocess.Popen(_cli(checkpoint, manifest, url, "--name", "pilot-a"), stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     _wait_for_results(url, 2, process)
@@ -167,7 +177,7 @@ def test_ctrl_c_marks_the_run_interrupted_and_resume_finishes(checkpoint, manife
     assert main(["run", "--resume", "pilot-a", "--db", url, "--json"]) == 0
     with sessions() as session:
         assert session.get(db.Run, 1).status == "completed"
-    assert len(result_counts(url)) == 16
+    assert len(result_counts(url)) == 2 * LONG_RUN
 
 
 def test_json_outputs_and_study_file(checkpoint, manifest, tmp_path, capsys):

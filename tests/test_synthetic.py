@@ -154,6 +154,20 @@ def test_extra_training_questions_are_answered_from_the_image(samples):
     assert answers["type"].count("none") / len(answers["type"]) < 0.55  # 4 random quarters: about 0.6
 
 
+def test_extra_questions_of_a_chosen_family(samples):
+    """Training asks more type questions than the uniform draw gives: ``family`` must be honoured,
+    and a misspelt family must fail rather than silently fall back to another."""
+    rng = np.random.default_rng(1)
+    for sample in samples[:10]:
+        kind_in = {defect.quadrant: defect.kind for defect in sample.defects}
+        question, label, family = synthetic.ask(sample.defects, rng, "type")
+        quadrant = next(q for q in QUADRANTS if f"{q} quarter" in question)
+        assert family == "type" and label == kind_in.get(quadrant, "none")
+        assert synthetic.ask(sample.defects, rng, "count")[2] == "count"
+    with pytest.raises(ValueError, match="family"):
+        synthetic.ask(samples[0].defects, rng, "types")
+
+
 def test_caption_names_every_quarter_once_in_a_random_order(samples):
     sample = next(s for s in samples if len(s.defects) == 2)
     rng = np.random.default_rng(0)

@@ -82,6 +82,7 @@ def test_same_seed_same_trials(checkpoint, tune_manifest, tmp_path):
 
 def test_search_space_draws_valid_non_increasing_schedules():
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen_positions = set()
     for mode in ("ratio", "mass"):
         for _ in range(50):
             trial = study.ask()
@@ -90,7 +91,9 @@ def test_search_space_draws_valid_non_increasing_schedules():
             if mode == "ratio":
                 assert list(strategy.keep) == sorted(strategy.keep, reverse=True)
             assert strategy.accumulate_from <= strategy.prune_after[0]
+            seen_positions.add(strategy.positions)
             study.tell(trial, 0.0)
+    assert seen_positions == {"compact", "original"}  # both numberings are searched
 
 
 def test_budget_pruner_uses_the_lower_bound():

@@ -2,8 +2,10 @@
 
 Stages: 1 to 3, after strictly increasing layers in [1, depth - 1]. Ratio mode: keep ratios
 non-increasing (each stage keeps a fraction of the previous stage's ratio). Mass mode: a
-score-mass threshold per stage. Plus the accumulation start (up to the first prune layer) and
-alpha. The parameters are named so that a stored trial reproduces its strategy.
+score-mass threshold per stage. Plus the accumulation start (up to the first prune layer),
+alpha and the position numbering after a drop (the authors renumber; a model whose answers lean
+on where its image tokens sit can lose far less with the original positions, so it is searched,
+not assumed). The parameters are named so that a stored trial reproduces its strategy.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import optuna
 
 from pilot.pruning import TransPrune
+from pilot.pruning.strategies import POSITION_MODES
 
 MODES = ("ratio", "mass")
 
@@ -36,4 +39,6 @@ def suggest(trial: optuna.trial.BaseTrial, depth: int, mode: str = "ratio", max_
     accumulate_from = trial.suggest_int("accumulate_from", 1, layers[0])
     alpha = round(trial.suggest_float("alpha", 0.0, 1.0), 3)
     schedule = {"mass": tuple(ratios)} if mode == "mass" else {"keep": tuple(ratios)}
-    return TransPrune(prune_after=tuple(layers), accumulate_from=accumulate_from, alpha=alpha, **schedule)
+    positions = trial.suggest_categorical("positions", POSITION_MODES)
+    return TransPrune(prune_after=tuple(layers), accumulate_from=accumulate_from, alpha=alpha, positions=positions,
+                      **schedule)

@@ -217,8 +217,10 @@ def _question_text(rng: np.random.Generator, plan: _Plan) -> str:
     return template.format(quadrant=plan.quadrant, kind=kind, kinds=PLURALS.get(kind, ""))
 
 
-def ask(defects: Sequence[Defect], rng: np.random.Generator) -> tuple[str, str, str]:
+def ask(defects: Sequence[Defect], rng: np.random.Generator, family: str | None = None) -> tuple[str, str, str]:
     """Another (question, label, family) about an existing image, answered from its defects.
+
+    ``family`` picks the kind of question; by default it is drawn uniformly from ``FAMILIES``.
 
     Lets training ask several questions about one image. As in ``_plan_question`` the answer is
     drawn first, as evenly as the image allows, and the question built around it: asking random
@@ -227,7 +229,10 @@ def ask(defects: Sequence[Defect], rng: np.random.Generator) -> tuple[str, str, 
     """
     layout = {defect.quadrant: defect.kind for defect in defects}
     empty = [quadrant for quadrant in QUADRANTS if quadrant not in layout]
-    family = _pick(rng, FAMILIES)
+    if family is None:
+        family = _pick(rng, FAMILIES)
+    elif family not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
     if family == "type":
         label = _pick(rng, sorted(set(layout.values())) + (["none"] if empty else []))
         quadrant = _pick(rng, empty if label == "none" else [q for q, k in layout.items() if k == label])

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import sys
 
-DEMO_ARMS = ["baseline", "transprune", "fastv:after=2,keep=0.5", "random", "pool:factor=2"]
+DEMO_ARMS = ["baseline", "transprune", "transprune:positions=original", "fastv:after=2,keep=0.5", "random",
+             "pool:factor=2"]
 
 
 def run_demo(db_url: str | None = None, limit: int | None = None, trials: int = 12) -> int:
