@@ -8,6 +8,7 @@ import optuna
 import pytest
 from sqlalchemy import func, select
 
+import tuner.study as study_module
 from pilot.data import synthetic
 from pilot.data.manifest import load_manifest
 from pilot.data.split import stratified_split
@@ -61,6 +62,26 @@ def test_tune_recommends_a_feasible_schedule_verified_on_heldout(checkpoint, tun
         baseline_runs = session.scalar(select(func.count()).select_from(db.Run).where(
             db.Run.name == f"{result['study']}-tune-baseline"))
         assert baseline_runs == 1
+
+
+def test_trial_latency_is_compared_with_a_baseline_timed_on_the_same_inputs(checkpoint, tune_manifest, tmp_path,
+                                                                            monkeypatch):
+    """Trials replay cached vision features; the stored baseline ran the vision tower. A clock that
+    tells the two input paths apart (10 ms cached, 30 ms with the tower) must give every trial a
+    prefill ratio of exactly 1: before the baseline was timed again, it got 10 ms over the stored,
+    real baseline's milliseconds."""
+    real = study_module.run_arm_batch
+
+    def path_clock(loaded, strategy, prepared, *args, **kwargs):
+        rows = real(loaded, strategy, prepared, *args, **kwargs)
+        ms = 10.0 if "mm_encoder_outputs" in prepared.inputs else 30.0
+        return [{**row, "prefill_ms": ms, "total_ms": ms} for row in rows]
+
+    monkeypatch.setattr(study_module, "run_arm_batch", path_clock)
+    url = f"sqlite:///{tmp_path / 't.db'}"
+    result = tune(settings(checkpoint, tune_manifest, trials=2, max_drop=0.9), db_url=url, progress=False)
+    measured = [t for t in trials_of(url, result["study"]) if "prefill_ratio" in t.user_attrs]
+    assert measured and all(t.user_attrs["prefill_ratio"] == pytest.approx(1.0) for t in measured)
 
 
 def test_impossible_budget_says_so_and_shows_the_best_found(checkpoint, tune_manifest, tmp_path):
