@@ -18,6 +18,7 @@ import hashlib
 import json
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 
@@ -195,7 +196,9 @@ def tune(settings: TuneSettings, *, db_url: str | None = None, log: Callable[[st
     # Seeded: a fresh study is reproducible; a worker joining a running study draws other points.
     seed = settings.seed + len(study.get_trials(deepcopy=False))
     # TPE reads the constraints that trials set (optuna 5), so infeasible regions are avoided.
-    study.sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=8)
+    with warnings.catch_warnings():  # group=True is marked experimental; it is what a conditional space needs
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=8)
     _link_study(sessions, name, settings, baseline_run_id)
 
     def objective(trial: optuna.Trial):
