@@ -131,8 +131,8 @@ class TrialEvaluator:
         after an untimed pass of the baseline and of a pruned schedule (without it the first trial
         paid the pruning path's first-use costs: prefill x2.2 where later trials got x0.4-0.8).
         """
-        first = [next((b for b in self.batches if b.items), None)]
-        if first[0] is None:
+        first = [b for b in self.batches if b.items][:1]
+        if not first:
             return outcomes
         for strategy in ("baseline", "transprune"):
             self.run(strategy, first)

@@ -353,6 +353,7 @@ def train_language(model, tokenizer, features, defects, seconds, batch, log, max
     image_token = model.config.image_token_id
     cache: dict = {}
     prefix = split_prompt(tokenizer, image_token, defects[0][1])[0]
+    other_families = [family for family in synthetic.FAMILIES if family != "type"]
     rng = np.random.default_rng(seed)
     language.train()
     projector.train()
@@ -369,7 +370,10 @@ def train_language(model, tokenizer, features, defects, seconds, batch, log, max
             if captions:
                 asked.append((synthetic.CAPTION_QUESTION, synthetic.caption(layout, rng)))
             for _ in range(questions_per_image - len(asked)):
-                family = "type" if rng.random() < extra_type_share else ("presence", "count")[int(rng.integers(2))]
+                if rng.random() < extra_type_share:
+                    family = "type"
+                else:
+                    family = other_families[int(rng.integers(len(other_families)))]
                 asked.append(synthetic.ask(layout, rng, family)[:2])
             segments.append([question_segment(tokenizer, image_token, cache, q, a) for q, a in asked])
         packed = pack_questions(prefix, segments, tokenizer.pad_token_id, tokenizer.eos_token_id)
