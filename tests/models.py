@@ -75,3 +75,81 @@ def take(inputs: dict, row: int) -> dict:
     if "image_sizes" in inputs:
         out["image_sizes"] = inputs["image_sizes"][row : row + 1]
     return out
+
+
+def qwen_inputs(model, images_per_sample, suffix_lengths, seed=0, video=None):
+    """A left-padded Qwen2.5-VL / Qwen3-VL batch.
+
+    ``images_per_sample``: per sample, a list of (rows, cols) in vision patches (even numbers:
+    2x2 patches merge into one token); ``video``: optional (frames, rows, cols) appended to the
+    last sample as a video (frames a multiple of 2 for Qwen's temporal patches).
+    """
+    from pilot.pruning.random_models import QWEN_IMAGE_TOKEN, QWEN_VIDEO_TOKEN, QWEN_VISION_END, QWEN_VISION_START
+
+    generator = torch.Generator().manual_seed(seed)
+    vision = model.config.vision_config
+    patch_values = 3 * vision.temporal_patch_size * vision.patch_size**2
+    rows, pixels, grids, counts = [], [], [], []
+    for sample, (images, after) in enumerate(zip(images_per_sample, suffix_lengths, strict=True)):
+        row, count = [1, 9], 0
+        for height, width in images:
+            n = height * width // 4
+            row += [QWEN_VISION_START] + [QWEN_IMAGE_TOKEN] * n + [QWEN_VISION_END, 10]
+            pixels.append(torch.randn(height * width, patch_values, generator=generator))
+            grids.append([1, height, width])
+            count += n
+        if video is not None and sample == len(images_per_sample) - 1:
+            frames, height, width = video
+            t = frames // vision.temporal_patch_size
+            if model.config.model_type.startswith("qwen3"):  # a timestamp and its own run per frame
+                for _ in range(t):
+                    row += [11, QWEN_VISION_START] + [QWEN_VIDEO_TOKEN] * (height * width // 4) + [QWEN_VISION_END]
+            else:
+                row += [QWEN_VISION_START] + [QWEN_VIDEO_TOKEN] * (t * height * width // 4) + [QWEN_VISION_END]
+            count += t * height * width // 4
+        row += torch.randint(11, 60, (after,), generator=generator).tolist()
+        rows.append(row)
+        counts.append(count)
+    length = max(len(r) for r in rows)
+    input_ids = torch.tensor([[0] * (length - len(r)) + r for r in rows])
+    attention_mask = torch.tensor([[0] * (length - len(r)) + [1] * len(r) for r in rows])
+    inputs = {
+        "input_ids": input_ids, "attention_mask": attention_mask,
+        "mm_token_type_ids": (input_ids == QWEN_IMAGE_TOKEN).int() + 2 * (input_ids == QWEN_VIDEO_TOKEN).int(),
+        "pixel_values": torch.cat(pixels), "image_grid_thw": torch.tensor(grids),
+    }
+    if video is not None:
+        frames, height, width = video
+        t = frames // vision.temporal_patch_size
+        inputs["pixel_values_videos"] = torch.randn(t * height * width, patch_values, generator=generator)
+        inputs["video_grid_thw"] = torch.tensor([[t, height, width]])
+    return inputs, counts
+
+
+def qwen_take(inputs: dict, row: int) -> dict:
+    """One sample of a Qwen batch, padding removed, with only its own images' pixels and grids."""
+    grids = inputs["image_grid_thw"]
+    from pilot.pruning.random_models import QWEN_IMAGE_TOKEN
+
+    keep = inputs["attention_mask"][row].bool()
+    per_sample = [int(((inputs["input_ids"][r] == QWEN_IMAGE_TOKEN)).sum()) for r in range(len(inputs["input_ids"]))]
+    # grids belong to samples in order; find this sample's slice by token counts
+    sizes = (grids.prod(dim=1) // 4).tolist()
+    first, total = 0, 0
+    for r in range(row):
+        while total < sum(per_sample[: r + 1]):
+            total += sizes[first]
+            first += 1
+    last, covered = first, 0
+    while covered < per_sample[row]:
+        covered += sizes[last]
+        last += 1
+    patch_offsets = [0] + torch.cumsum(grids.prod(dim=1), 0).tolist()
+    out = {
+        "input_ids": inputs["input_ids"][row : row + 1, keep],
+        "attention_mask": inputs["attention_mask"][row : row + 1, keep],
+        "mm_token_type_ids": inputs["mm_token_type_ids"][row : row + 1, keep],
+        "pixel_values": inputs["pixel_values"][patch_offsets[first] : patch_offsets[last]],
+        "image_grid_thw": grids[first:last],
+    }
+    return out

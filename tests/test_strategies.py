@@ -27,7 +27,10 @@ def test_defaults_match_the_paper_and_issue():
     strategy = TransPrune()
     assert strategy.prune_after == (7, 9, 12) and strategy.keep == (0.875, 0.625, 0.125)
     assert strategy.accumulate_from == 7 and strategy.alpha == 0.5
-    assert strategy.direction == "signed" and strategy.positions == "compact"
+    assert strategy.direction == "signed"
+    # No position mode given: the model family's default (compact for LLaVA, original for M-RoPE).
+    assert strategy.positions is None and strategy.position_mode is None
+    assert str(parse("transprune:positions=compact")) == "transprune:positions=compact"
     assert parse("fastv:after=2,keep=0.5") == FastV(after=2, keep=0.5)
     assert parse("baseline") == NoPrune() and parse("pool:factor=3") == TokenPool(3)
     assert parse("random:prune_after=2,keep=0.5,seed=4") == RandomPrune(prune_after=(2,), keep=(0.5,), seed=4)

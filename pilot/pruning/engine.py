@@ -1,10 +1,15 @@
-"""The pruning engine: ``attach(model, strategy)`` makes a stock LLaVA model drop visual tokens.
+"""The pruning engine: ``attach(model, strategy)`` makes a stock vision-language model drop visual tokens.
 
 How it works. The handle replaces two ``forward`` methods on the model's *instances* (never the
-classes): the multimodal model's, only to note which input positions hold image tokens, and the
-language model's, with ``_PrunedDecoder``: our own loop over the decoder layers. Between layers
-the loop removes visual tokens for real: hidden states, positions, the padding mask and, since
-each later layer writes its own KV cache, the cache of every later layer shrink.
+classes): the multimodal model's, only to note which input positions hold visual tokens (and
+their grids), and the language model's, with our own loop over the decoder layers. Between
+layers the loop removes visual tokens for real: hidden states, positions, the padding mask and,
+since each later layer writes its own KV cache, the cache of every later layer shrink.
+
+Everything that differs between model families (where the visual tokens are, their grids, the
+position scheme, DeepStack-style additions) comes from the family's adapter in
+``pilot.pruning.families``; this loop knows no family by name. Positions are [batch, seq, axes]
+(one axis for 1-D schemes, three for M-RoPE).
 
 Batches are left-padded. After each drop every sample is re-packed (kept tokens in order, padding
 on the left), so samples that keep different numbers of tokens (LLaVA-NeXT) share one batch.
@@ -27,6 +32,7 @@ from transformers import DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from pilot.pruning import families
+from pilot.pruning.families import VisualInputs, compact_positions
 from pilot.pruning.scores import normalise, query_attention, token_transition
 from pilot.pruning.strategies import (
     FastV,
@@ -77,7 +83,7 @@ class _Layout:
 
     hidden: torch.Tensor  # [batch, seq, hidden]
     valid: torch.Tensor  # [batch, seq] bool: not padding
-    positions: torch.Tensor  # [batch, seq] long
+    positions: torch.Tensor  # [batch, seq, axes] long
     visual_index: torch.Tensor  # [batch, seq] long: original visual index, -1 for text/padding
 
     @property
@@ -115,12 +121,16 @@ def attention_mask_4d(valid: torch.Tensor, n_query: int, implementation: str, dt
     return allowed
 
 
-def _compact_positions(valid: torch.Tensor) -> torch.Tensor:
-    return (valid.long().cumsum(dim=1) - 1).clamp_min(0)
-
-
 def _next_position(layout: _Layout) -> torch.Tensor:
-    return layout.positions.masked_fill(~layout.valid, -1).max(dim=1).values + 1
+    """Per row, one more than the largest position on any axis: where decoding continues."""
+    return layout.positions.masked_fill(~layout.valid[..., None], -1).amax(dim=(1, 2)) + 1
+
+
+def _gather_visual(features: torch.Tensor, layout: _Layout) -> torch.Tensor:
+    """Per-visual-index features [batch, n_visual, hidden] laid out on the layout's tokens (0 elsewhere)."""
+    index = layout.visual_index.clamp_min(0)[..., None].expand(-1, -1, features.shape[-1])
+    gathered = features.to(layout.hidden.dtype).gather(1, index)
+    return gathered.masked_fill(~layout.visual[..., None], 0.0)
 
 
 def _pack_left(values: torch.Tensor, select: torch.Tensor, fill) -> torch.Tensor:
@@ -142,9 +152,11 @@ def _repack(layout: _Layout, keep: torch.Tensor, positions: str, extra: torch.Te
     hidden = layout.hidden.gather(1, index[..., None].expand(-1, -1, layout.hidden.shape[-1]))
     visual_index = layout.visual_index.gather(1, index).masked_fill(~valid, -1)
     if positions == "original":
-        new_positions = layout.positions.gather(1, index).masked_fill(~valid, 0)
+        axes = layout.positions.shape[-1]
+        new_positions = layout.positions.gather(1, index[..., None].expand(-1, -1, axes))
+        new_positions = new_positions.masked_fill(~valid[..., None], 0)
     else:
-        new_positions = _compact_positions(valid)
+        new_positions = compact_positions(valid)
     new_extra = extra.gather(1, index).masked_fill(~valid, 0) if extra is not None else None
     return _Layout(hidden, valid, new_positions, visual_index), new_extra
 
@@ -154,14 +166,16 @@ class PruningHandle:
 
     def __init__(self, model: nn.Module, strategy: Strategy):
         self.model = model
-        self.language_model = families.check_supported(model)
+        self.family = families.for_model(model)
+        self.language_model = self.family.check(model)
         self.depth = len(self.language_model.layers)
         self.strategy = parse(strategy).resolve(self.depth)
+        self.position_mode = self.family.position_mode(model, self.strategy.position_mode)
         self.last_trace: PruneTrace | None = None
         # Set to a trace's ``kept`` to force the same selection (e.g. to recompute without cache).
         self.replay_kept: list[torch.Tensor] | None = None
         self._states: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-        self._image_mask: torch.Tensor | None = None
+        self._visual: VisualInputs | None = None
         self._attached = False
 
     # -- attach / detach -------------------------------------------------------------------
@@ -172,11 +186,12 @@ class PruningHandle:
         original_multimodal = multimodal.forward
 
         def multimodal_forward(*args, **kwargs):
-            self._image_mask = self._find_image_tokens(multimodal, args, kwargs)
+            inputs = {"input_ids": args[0], **kwargs} if args else kwargs  # input_ids comes first
+            self._visual = self.family.visual_inputs(self.model, inputs)
             try:
                 return original_multimodal(*args, **kwargs)
             finally:
-                self._image_mask = None
+                self._visual = None
 
         multimodal.forward = multimodal_forward
         self.language_model.forward = self._language_model_forward
@@ -195,19 +210,6 @@ class PruningHandle:
 
     def __exit__(self, *exc) -> None:
         self.detach()
-
-    def _find_image_tokens(self, multimodal, args, kwargs):
-        input_ids = kwargs.get("input_ids", args[0] if args else None)
-        image_token = self.model.config.image_token_id
-        if input_ids is not None:
-            mask = input_ids == image_token
-        elif kwargs.get("inputs_embeds") is not None:
-            embeds = kwargs["inputs_embeds"]
-            token = torch.tensor(image_token, device=embeds.device)
-            mask = (embeds == multimodal.get_input_embeddings()(token)).all(-1)
-        else:
-            mask = None
-        return mask
 
     # -- the language model's forward --------------------------------------------------------
     def _language_model_forward(
@@ -233,11 +235,11 @@ class PruningHandle:
         if not use_cache:
             cache = None
         state = self._states.get(cache) if cache is not None else None
-        image_mask = self._image_mask
+        visual = self._visual
         if state is not None:
             hidden = self._decode(inputs_embeds, attention_mask, cache, state)
-        elif image_mask is not None and bool(image_mask.any()):
-            hidden = self._prefill(inputs_embeds, attention_mask, position_ids, cache, image_mask)
+        elif visual is not None and visual.mask is not None and bool(visual.mask.any()):
+            hidden = self._prefill(inputs_embeds, attention_mask, position_ids, cache, visual, kwargs)
         else:  # no image: the stock forward, unpruned
             self.last_trace = None
             return type(lm).forward(
@@ -250,7 +252,7 @@ class PruningHandle:
         layer = self.language_model.layers[index]
         return layer(
             hidden, attention_mask=mask, position_embeddings=embeddings,
-            position_ids=positions, cache=cache, use_cache=cache is not None,
+            position_ids=positions[..., 0], cache=cache, use_cache=cache is not None,
         )
 
     def _run_layer_with_ttv(self, index: int, hidden, mask, embeddings, positions, cache, valid):
@@ -260,7 +262,7 @@ class PruningHandle:
         attn_in = layer.input_layernorm(hidden)
         attn_out, _ = layer.self_attn(
             hidden_states=attn_in, attention_mask=mask, position_embeddings=embeddings,
-            position_ids=positions, cache=cache,
+            position_ids=positions[..., 0], cache=cache,
         )
         hidden = hidden + attn_out
         mlp_in = layer.post_attention_layernorm(hidden)
@@ -269,7 +271,7 @@ class PruningHandle:
         ttv = ttv + token_transition(mlp_in, mlp_out, valid, direction)
         return hidden + mlp_out, ttv
 
-    def _prefill(self, inputs_embeds, attention_mask, position_ids, cache, image_mask):
+    def _prefill(self, inputs_embeds, attention_mask, position_ids, cache, visual: VisualInputs, lm_kwargs: dict):
         lm = self.language_model
         strategy = self.strategy
         implementation = lm.config._attn_implementation
@@ -279,10 +281,13 @@ class PruningHandle:
             attention_mask.bool() if attention_mask is not None
             else torch.ones(batch, length, dtype=torch.bool, device=device)
         )
-        image_mask = image_mask.to(device) & valid
-        positions = _compact_positions(valid) if position_ids is None else position_ids.expand(batch, -1).to(device)
+        image_mask = visual.mask.to(device) & valid
+        positions = self.family.prefill_positions(position_ids, valid)
         visual_index = (image_mask.long().cumsum(dim=1) - 1).masked_fill(~image_mask, -1)
         layout = _Layout(inputs_embeds, valid, positions, visual_index)
+        # Per layer: features the LM adds to the visual tokens after it (Qwen3-VL's DeepStack),
+        # indexed by original visual index so that they follow the pruning.
+        additions = self.family.visual_additions(lm_kwargs, visual.mask.to(device))
         n_visual = image_mask.sum(dim=1)
         trace = PruneTrace(
             strategy=str(strategy),
@@ -290,7 +295,7 @@ class PruningHandle:
             visual_tokens_per_layer=torch.zeros(batch, self.depth, dtype=torch.long),
         )
         if strategy.pool_factor > 1:
-            layout, trace.pooled_origin = self._pool(layout)
+            layout, trace.pooled_origin, additions = self._pool(layout, additions)
 
         stage_keep = dict(strategy.stages)
         last_stage_layer = max(stage_keep, default=0)
@@ -302,7 +307,7 @@ class PruningHandle:
         for index in range(self.depth):
             if mask is None:  # a new stage: its mask, rotary embeddings and decode bookkeeping
                 mask = attention_mask_4d(layout.valid, layout.valid.shape[1], implementation, layout.hidden.dtype)
-                embeddings = lm.rotary_emb(layout.hidden, position_ids=layout.positions)
+                embeddings = self.family.rotary(lm, layout.hidden, layout.positions)
                 state.stage_valid.append(layout.valid)
                 state.stage_next_position.append(_next_position(layout))
             state.layer_stage.append(len(state.stage_valid) - 1)
@@ -315,6 +320,8 @@ class PruningHandle:
                 ttv_sum = ttv_sum + ttv
             else:
                 hidden = self._run_layer(index, layout.hidden, mask, embeddings, layout.positions, cache)
+            if index in additions:
+                hidden = hidden + _gather_visual(additions[index], layout)
             layout.hidden = hidden
             if layer_number in stage_keep:
                 stage = len(trace.stages)
@@ -323,7 +330,7 @@ class PruningHandle:
                 )
                 trace.stages.append(stage_trace)
                 keep_tokens = (layout.valid & (layout.visual_index < 0)) | keep_visual
-                layout, ttv_sum = _repack(layout, keep_tokens, strategy.position_mode, ttv_sum)
+                layout, ttv_sum = _repack(layout, keep_tokens, self.position_mode, ttv_sum)
                 mask = None
         if cache is not None:
             self._states[cache] = state
@@ -341,9 +348,9 @@ class PruningHandle:
         ttv = iga = None
         if self.replay_kept is not None:
             kept = self.replay_kept[stage].to(candidates.device)
-            chosen = torch.zeros(candidates.shape[0], int(n_visual.max()) + 1, dtype=torch.bool,
-                                 device=candidates.device)
-            chosen.scatter_(1, kept.clamp_min(0), kept >= 0)
+            spare = int(n_visual.max())  # padding (-1) goes to a spare column, never onto index 0
+            chosen = torch.zeros(candidates.shape[0], spare + 1, dtype=torch.bool, device=candidates.device)
+            chosen.scatter_(1, kept.masked_fill(kept < 0, spare), kept >= 0)
             score = chosen.gather(1, layout.visual_index.clamp_min(0)).float() * candidates
             targets = (score > 0).sum(dim=1)
         elif isinstance(strategy, RandomPrune):
@@ -396,38 +403,58 @@ class PruningHandle:
         )
         return keep_visual, stage_trace
 
-    def _pool(self, layout: _Layout):
-        """TokenPool: replace each image's visual tokens by their average-pooled grid."""
+    def _pool(self, layout: _Layout, additions: dict[int, torch.Tensor]):
+        """TokenPool: replace each image's visual tokens by their average-pooled grid.
+
+        A pooled token stands for its window's top-left token: it takes that token's visual
+        index and, with original positions, its position. Per-visual-token additions (DeepStack)
+        are pooled with the same windows.
+        """
         factor = self.strategy.pool_factor
-        rows_hidden, rows_visual = [], []
+        additions = {layer: values.clone() for layer, values in additions.items()}
+        rows = []  # per row: (hidden, visual index, positions) of its tokens after pooling
         for row in range(layout.hidden.shape[0]):
-            positions = torch.nonzero(layout.valid[row]).flatten()
-            tokens = layout.hidden[row, positions]
-            visual = layout.visual_index[row, positions]
-            pieces, origin_pieces, cursor, offset = [], [], 0, 0
-            image_starts = torch.nonzero(visual >= 0).flatten().tolist()
-            for image in families.image_grids(self.model, tokens[visual >= 0]):
+            present = torch.nonzero(layout.valid[row]).flatten()
+            tokens = layout.hidden[row, present]
+            index = layout.visual_index[row, present]
+            positions = layout.positions[row, present]
+            is_visual = index >= 0
+            visual_positions = positions[is_visual]  # by visual index: they are in order
+            image_starts = torch.nonzero(is_visual).flatten().tolist()
+            hidden_pieces, index_pieces, position_pieces, cursor, offset = [], [], [], 0, 0
+            edges = torch.diff(nn.functional.pad(is_visual.long(), (1, 1)))  # +1 where a run starts, -1 after it
+            run_lengths = (torch.nonzero(edges < 0).flatten() - torch.nonzero(edges > 0).flatten()).tolist()
+            grids = self.family.image_grids(self.model, tokens[is_visual], visual_positions, run_lengths)
+            for image in grids:
                 size = sum(g.length for g in image)
                 start = image_starts[offset]
                 pooled, origin = families.pool_visual(tokens[start : start + size], image, factor)
-                pieces += [tokens[cursor:start], pooled]
-                origin_pieces += [visual[cursor:start], origin + offset]
+                origin = origin + offset
+                for values in additions.values():
+                    values[row, origin] = families.pool_visual(values[row, offset : offset + size], image, factor)[0]
+                hidden_pieces += [tokens[cursor:start], pooled]
+                index_pieces += [index[cursor:start], origin]
+                position_pieces += [positions[cursor:start], visual_positions[origin]]
                 cursor, offset = start + size, offset + size
-            pieces.append(tokens[cursor:])
-            origin_pieces.append(visual[cursor:])
-            rows_hidden.append(torch.cat(pieces))
-            rows_visual.append(torch.cat(origin_pieces))
-        length = max(len(r) for r in rows_hidden)
-        batch, hidden_size = len(rows_hidden), layout.hidden.shape[-1]
-        hidden = layout.hidden.new_zeros(batch, length, hidden_size)
+            hidden_pieces.append(tokens[cursor:])
+            index_pieces.append(index[cursor:])
+            position_pieces.append(positions[cursor:])
+            rows.append((torch.cat(hidden_pieces), torch.cat(index_pieces), torch.cat(position_pieces)))
+        length = max(len(hidden) for hidden, _, _ in rows)
+        batch = len(rows)
+        hidden = layout.hidden.new_zeros(batch, length, layout.hidden.shape[-1])
         visual_index = torch.full((batch, length), -1, dtype=torch.long, device=hidden.device)
+        positions = layout.positions.new_zeros(batch, length, layout.positions.shape[-1])
         valid = torch.zeros(batch, length, dtype=torch.bool, device=hidden.device)
-        for row, (tokens, origin) in enumerate(zip(rows_hidden, rows_visual, strict=True)):
+        for row, (tokens, index, position) in enumerate(rows):
             hidden[row, length - len(tokens) :] = tokens
-            visual_index[row, length - len(tokens) :] = origin
+            visual_index[row, length - len(tokens) :] = index
+            positions[row, length - len(tokens) :] = position
             valid[row, length - len(tokens) :] = True
-        new = _Layout(hidden, valid, _compact_positions(valid), visual_index)
-        return new, _pack_left(visual_index, new.visual, -1).cpu()
+        if self.position_mode == "compact":
+            positions = compact_positions(valid)
+        new = _Layout(hidden, valid, positions, visual_index)
+        return new, _pack_left(visual_index, new.visual, -1).cpu(), additions
 
     def _decode(self, inputs_embeds, attention_mask, cache, state: _DecodeState):
         lm = self.language_model
@@ -450,8 +477,9 @@ class PruningHandle:
         for valid, next_position in zip(state.stage_valid, state.stage_next_position, strict=True):
             full = torch.cat([valid, decoded], dim=1)
             masks.append(attention_mask_4d(full, n_new, implementation, inputs_embeds.dtype))
-            positions = next_position[:, None] + offsets.clamp_min(0)
-            embeddings.append((positions, lm.rotary_emb(inputs_embeds, position_ids=positions)))
+            positions = next_position[:, None] + offsets.clamp_min(0)  # the same on every axis
+            positions = positions[..., None].expand(-1, -1, self.family.position_axes)
+            embeddings.append((positions, self.family.rotary(lm, inputs_embeds, positions)))
         hidden = inputs_embeds
         for index, stage in enumerate(state.layer_stage):
             positions, rotary = embeddings[stage]
@@ -460,7 +488,7 @@ class PruningHandle:
 
 
 def attach(model: nn.Module, strategy: Strategy | str) -> PruningHandle:
-    """Make ``model`` (a loaded LLaVA / LLaVA-NeXT) prune visual tokens on every forward.
+    """Make ``model`` (a loaded model of a supported family) prune visual tokens on every forward.
 
     The bare ``transprune`` / ``random`` strategies are mapped onto the model's depth. Raises
     ValueError for an unsupported model or a strategy that does not fit it.

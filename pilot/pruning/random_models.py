@@ -108,9 +108,7 @@ def _init_small(model, std: float):
     """Random weights around ``std``: large enough that a dropped token visibly changes outputs."""
     with torch.no_grad():
         for name, parameter in model.named_parameters():
-            if parameter.ndim >= 2:
-                parameter.normal_(0.0, std)
-            elif "norm" not in name:
+            if parameter.ndim >= 2 or "norm" not in name:
                 parameter.normal_(0.0, std)
     return model
 

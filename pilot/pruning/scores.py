@@ -44,7 +44,8 @@ def query_attention(
 ) -> torch.Tensor:
     """Attention that the ``query_rows`` tokens pay to every token, as ``layer`` would compute it.
 
-    Uses the layer's input RMSNorm, ``q_proj`` and ``k_proj`` with rotary embeddings at the
+    Uses the layer's input RMSNorm, ``q_proj`` and ``k_proj`` (and ``q_norm``/``k_norm`` where
+    the attention has them) with rotary embeddings at the
     current positions; causal and padding masks; softmax over keys in float32; averaged over
     heads and over each sample's query rows. Only the query rows are projected to queries, so
     the cost is O(queries x sequence), and the model's own attention kernel is not involved.
@@ -61,8 +62,11 @@ def query_attention(
     head_dim = attn.head_dim
     normed = layer.input_layernorm(hidden_states)
     tail = normed[:, seq - n_query :]
-    queries = attn.q_proj(tail).view(batch, n_query, -1, head_dim).transpose(1, 2)
-    keys = attn.k_proj(normed).view(batch, seq, -1, head_dim).transpose(1, 2)
+    queries = attn.q_proj(tail).view(batch, n_query, -1, head_dim)
+    keys = attn.k_proj(normed).view(batch, seq, -1, head_dim)
+    if hasattr(attn, "q_norm"):  # per-head RMSNorm before the rotary embedding (Qwen3, Gemma 3)
+        queries, keys = attn.q_norm(queries), attn.k_norm(keys)
+    queries, keys = queries.transpose(1, 2), keys.transpose(1, 2)
     cos, sin = position_embeddings
     queries = _rotate(queries, cos[:, seq - n_query :], sin[:, seq - n_query :])
     keys = _rotate(keys, cos, sin)

@@ -111,9 +111,10 @@ class Strategy:
         return None
 
     @property
-    def position_mode(self) -> str:
-        """How positions are numbered after a drop: "compact" (renumbered) or "original"."""
-        return getattr(self, "positions", "compact")
+    def position_mode(self) -> str | None:
+        """How positions are numbered after a drop: "compact" (renumbered), "original", or None:
+        the model family's default (compact for LLaVA, original for M-RoPE families)."""
+        return getattr(self, "positions", None)
 
     def resolve(self, depth: int) -> Strategy:
         for layer, _ in self.stages:
@@ -152,7 +153,7 @@ class TransPrune(Strategy):
     accumulate_from: int | None = None  # None: the first prune layer (7 for the paper schedule)
     alpha: float = 0.5
     direction: str = "signed"
-    positions: str = "compact"
+    positions: str | None = None  # None: the model family's default
     paper_schedule: bool = field(default=False, repr=False)
     mass: tuple[float, ...] | None = None
 
@@ -181,8 +182,7 @@ class TransPrune(Strategy):
             raise ValueError(f"transprune: alpha={self.alpha} must be in [0, 1]")
         if self.direction not in DIRECTIONS:
             raise ValueError(f"transprune: direction={self.direction!r}; use one of {DIRECTIONS}")
-        if self.positions not in POSITION_MODES:
-            raise ValueError(f"transprune: positions={self.positions!r}; use one of {POSITION_MODES}")
+        _check_positions(self.positions, "transprune")
 
     @classmethod
     def for_depth(cls, depth: int, **overrides) -> TransPrune:
@@ -207,7 +207,7 @@ class TransPrune(Strategy):
         return super().resolve(depth)
 
     def __str__(self) -> str:
-        extras = _extras(self, {"alpha": 0.5, "direction": "signed", "positions": "compact"})
+        extras = _extras(self, {"alpha": 0.5, "direction": "signed", "positions": None})
         if self.paper_schedule:
             return "transprune" + (":" + ",".join(extras) if extras else "")
         schedule = f"mass={_fmt_tuple(self.mass)}" if self.mass else f"keep={_fmt_tuple(self.keep)}"
@@ -224,13 +224,12 @@ class FastV(Strategy):
     kind: ClassVar[str] = "fastv"
     after: int = 2
     keep: float = 0.5
-    positions: str = "compact"
+    positions: str | None = None  # None: the model family's default
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "keep", float(self.keep))
         _check_schedule((int(self.after),), (self.keep,), "fastv")
-        if self.positions not in POSITION_MODES:
-            raise ValueError(f"fastv: positions={self.positions!r}; use one of {POSITION_MODES}")
+        _check_positions(self.positions, "fastv")
 
     @property
     def stages(self) -> tuple[tuple[int, float], ...]:
@@ -238,7 +237,7 @@ class FastV(Strategy):
 
     def __str__(self) -> str:
         parts = [f"after={self.after}", f"keep={_fmt_float(self.keep)}"]
-        return "fastv:" + ",".join(parts + _extras(self, {"positions": "compact"}))
+        return "fastv:" + ",".join(parts + _extras(self, {"positions": None}))
 
 
 @dataclass(frozen=True)
@@ -253,15 +252,14 @@ class RandomPrune(Strategy):
     prune_after: tuple[int, ...] = PAPER_PRUNE_AFTER
     keep: tuple[float, ...] = PAPER_KEEP
     seed: int = 0
-    positions: str = "compact"
+    positions: str | None = None  # None: the model family's default
     paper_schedule: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "prune_after", tuple(int(v) for v in self.prune_after))
         object.__setattr__(self, "keep", tuple(float(v) for v in self.keep))
         _check_schedule(self.prune_after, self.keep, "random")
-        if self.positions not in POSITION_MODES:
-            raise ValueError(f"random: positions={self.positions!r}; use one of {POSITION_MODES}")
+        _check_positions(self.positions, "random")
 
     @property
     def stages(self) -> tuple[tuple[int, float], ...]:
@@ -278,7 +276,7 @@ class RandomPrune(Strategy):
         return super().resolve(depth)
 
     def __str__(self) -> str:
-        extras = _extras(self, {"seed": 0, "positions": "compact"})
+        extras = _extras(self, {"seed": 0, "positions": None})
         if self.paper_schedule:
             return "random" + (":" + ",".join(extras) if extras else "")
         parts = [f"prune_after={_fmt_tuple(self.prune_after)}", f"keep={_fmt_tuple(self.keep)}"]
@@ -302,6 +300,12 @@ class TokenPool(Strategy):
 
     def __str__(self) -> str:
         return f"pool:factor={self.factor}"
+
+
+def _check_positions(positions: str | None, what: str) -> None:
+    if positions is not None and positions not in POSITION_MODES:
+        raise ValueError(f"{what}: positions={positions!r}; use one of {POSITION_MODES} (or leave it out for "
+                         "the model family's default)")
 
 
 def _extras(strategy: Strategy, defaults: dict) -> list[str]:

@@ -1,0 +1,210 @@
+"""The interface every model family implements, and the grid helpers they share.
+
+An adapter answers, for one family of ``...ForConditionalGeneration`` models, what the engine's
+family-agnostic loop needs (see ../shared/docs/model-families.md):
+
+1. ``language_model(model)``: the decoder stack (layers, final norm, rotary embedding).
+2. ``visual_inputs(model, inputs)``: which input positions hold visual tokens, per sample, read
+   from the multimodal model's forward arguments; and each image's token grid.
+3. ``image_grids(...)``: the grid of each image's visual tokens, to pool them and draw them back.
+4. ``prefill_positions`` / ``rotary``: the position scheme (1-D or multi-axis) and its rotary
+   embedding; ``position_modes``: how positions may be numbered after a drop (first = default).
+5. ``visual_additions``: anything else the LM adds per visual token in some layers (DeepStack).
+6. The prefill attention pattern: every family here is plain causal; a family whose pattern the
+   engine's masks cannot reproduce must refuse in ``check``.
+7. FLOPs dimensions live in ``pilot.pruning.flops`` (``ModelDims.from_config``).
+
+Positions inside the engine are ``[batch, seq, axes]`` long tensors: one axis for 1-D schemes,
+three (temporal, height, width) for M-RoPE.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+SUPPORTED_ATTENTION = ("sdpa", "eager")
+
+
+@dataclass(frozen=True)
+class GridSegment:
+    """A rows x cols grid of visual tokens starting at ``start`` in the sample's visual tokens.
+
+    With ``newline`` each row is followed by one newline token (row stride cols + 1).
+    """
+
+    start: int
+    rows: int
+    cols: int
+    newline: bool = False
+
+    @property
+    def length(self) -> int:
+        return self.rows * (self.cols + int(self.newline))
+
+
+@dataclass
+class VisualInputs:
+    """What one forward call's inputs say about its visual tokens: ``mask`` [batch, seq] marks
+    the visual-token positions (None when the inputs cannot tell)."""
+
+    mask: torch.Tensor | None
+
+
+class Family:
+    """One model family. Subclasses set the class names and override what differs."""
+
+    name: str = ""
+    classes: tuple[str, ...] = ()
+    position_modes: tuple[str, ...] = ("compact", "original")  # the first is the default
+    position_axes: int = 1
+    position_modes_reason: str = ""  # why a mode is missing, for the error message
+
+    # -- 1. the decoder stack ----------------------------------------------------------------
+    def language_model(self, model: nn.Module) -> nn.Module:
+        return model.model.language_model
+
+    def check(self, model: nn.Module) -> nn.Module:
+        """The language model of a supported model, or ValueError naming what does not fit."""
+        name = type(model).__name__
+        language_model = self.language_model(model)
+        lm_name = type(language_model).__name__
+        for attr in ("layers", "norm", "rotary_emb", "embed_tokens"):
+            if not hasattr(language_model, attr):
+                raise ValueError(f"{name}: its language model {lm_name} has no '{attr}'; not supported")
+        for layer in language_model.layers:
+            for attr in ("input_layernorm", "self_attn", "post_attention_layernorm", "mlp"):
+                if not hasattr(layer, attr):
+                    raise ValueError(f"{name}: decoder layer {type(layer).__name__} has no '{attr}'; not supported")
+        attention = language_model.layers[0].self_attn
+        for attr in ("q_proj", "k_proj", "head_dim", "scaling"):
+            if not hasattr(attention, attr):
+                raise ValueError(f"{name}: attention {type(attention).__name__} has no '{attr}'")
+        impl = language_model.config._attn_implementation
+        if impl not in SUPPORTED_ATTENTION:
+            raise ValueError(
+                f"{name}: attention implementation {impl!r} is not supported; load the model with "
+                f"attn_implementation='sdpa' or 'eager'"
+            )
+        layer_types = getattr(language_model.config, "layer_types", None) or []
+        if any(kind != "full_attention" for kind in layer_types):
+            raise ValueError(
+                f"{name}: layers of types {sorted(set(layer_types))} (sliding windows) are not supported; "
+                "the engine reproduces full causal attention only"
+            )
+        return language_model
+
+    def position_mode(self, model: nn.Module, requested: str | None) -> str:
+        """The position mode a strategy runs with: its own, or this family's default."""
+        mode = requested or self.position_modes[0]
+        if mode not in self.position_modes:
+            raise ValueError(
+                f"{type(model).__name__}: positions={mode} is not defined for this family; use "
+                f"{' or '.join(self.position_modes)}. {self.position_modes_reason}".rstrip()
+            )
+        return mode
+
+    # -- 2./3. visual tokens and their grids ---------------------------------------------------
+    def visual_token_ids(self, config) -> tuple[int, ...]:
+        return (config.image_token_id,)
+
+    def visual_inputs(self, model: nn.Module, inputs: dict) -> VisualInputs:
+        """Visual-token positions from the multimodal forward's keyword arguments."""
+        return VisualInputs(self._token_mask(model, inputs))
+
+    def _token_mask(self, model: nn.Module, inputs: dict) -> torch.Tensor | None:
+        ids = self.visual_token_ids(model.config)
+        input_ids = inputs.get("input_ids")
+        if input_ids is not None:
+            return torch.isin(input_ids, torch.tensor(ids, device=input_ids.device))
+        embeds = inputs.get("inputs_embeds")
+        if embeds is None:
+            return None
+        table = model.model.get_input_embeddings()
+        mask = torch.zeros(embeds.shape[:2], dtype=torch.bool, device=embeds.device)
+        for token in ids:
+            vector = table(torch.tensor(token, device=embeds.device))
+            mask |= (embeds == vector).all(-1)
+        return mask
+
+    def image_grids(self, model: nn.Module, visual_tokens: torch.Tensor, visual_positions: torch.Tensor,
+                    run_lengths: list[int]) -> list[list[GridSegment]]:
+        """The grids of each image among one sample's visual tokens, in order.
+
+        ``visual_tokens`` [n, hidden] are the sample's visual tokens as the LM receives them,
+        ``visual_positions`` [n, axes] their positions, ``run_lengths`` the lengths of the runs
+        of consecutive visual tokens in the prompt (images, or videos, between text).
+        """
+        raise NotImplementedError
+
+    # -- 4. positions ----------------------------------------------------------------------------
+    def prefill_positions(self, position_ids: torch.Tensor | None, valid: torch.Tensor) -> torch.Tensor:
+        """[batch, seq, axes] positions of the prefill, from the LM's ``position_ids`` argument."""
+        if position_ids is None:
+            return compact_positions(valid)
+        return position_ids.expand(valid.shape[0], -1).to(valid.device)[..., None]
+
+    def rotary(self, language_model: nn.Module, hidden: torch.Tensor, positions: torch.Tensor):
+        """The (cos, sin) rotary embeddings [batch, seq, head_dim] of [batch, seq, axes] positions."""
+        return language_model.rotary_emb(hidden, position_ids=positions[..., 0])
+
+    # -- 5. per-visual-token additions --------------------------------------------------------------
+    def visual_additions(self, lm_kwargs: dict, visual_mask: torch.Tensor) -> dict[int, torch.Tensor]:
+        """Per 0-indexed layer: features [batch, n_visual_max, hidden] added after that layer to
+        the visual tokens (indexed by original visual index). None for most families."""
+        return {}
+
+    def lm_kwargs_handled(self) -> tuple[str, ...]:
+        """Keyword arguments of the LM forward that ``visual_additions`` consumes."""
+        return ()
+
+
+def compact_positions(valid: torch.Tensor) -> torch.Tensor:
+    """Consecutive positions over each row's valid tokens, as [batch, seq, 1]."""
+    return (valid.long().cumsum(dim=1) - 1).clamp_min(0)[..., None]
+
+
+def per_sample_visual(features: torch.Tensor, visual_mask: torch.Tensor) -> torch.Tensor:
+    """Features [total_visual, hidden] in row-major order of ``visual_mask`` [batch, seq] as
+    [batch, n_visual_max, hidden], indexed by each sample's visual index."""
+    counts = visual_mask.sum(dim=1)
+    out = features.new_zeros(visual_mask.shape[0], int(counts.max()) if counts.numel() else 0, features.shape[-1])
+    rows, _ = torch.nonzero(visual_mask, as_tuple=True)
+    index = (visual_mask.long().cumsum(dim=1) - 1)[visual_mask]
+    out[rows, index] = features.to(out.dtype)
+    return out
+
+
+def pool_visual(
+    embeddings: torch.Tensor, grids: list[GridSegment], factor: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Average-pool one image's visual tokens [n, hidden] grid by grid.
+
+    Returns the pooled tokens and, for each, the index of the original token at the top-left of
+    its window (newline tokens are kept, one per pooled row). Tokens outside every grid (a
+    trailing newline) pass through.
+    """
+    pieces, origins = [], []
+    covered = 0
+    for grid in grids:
+        stride = grid.cols + int(grid.newline)
+        block = embeddings[grid.start : grid.start + grid.length].view(grid.rows, stride, -1)
+        cells = block[:, : grid.cols].permute(2, 0, 1).float()
+        pooled = nn.functional.avg_pool2d(cells[None], factor, factor, ceil_mode=True)[0]
+        out_rows, out_cols = pooled.shape[1:]
+        pooled = pooled.permute(1, 2, 0).to(embeddings.dtype)
+        row_index = torch.arange(out_rows) * factor
+        col_index = torch.arange(out_cols) * factor
+        origin = grid.start + row_index[:, None] * stride + col_index[None, :]
+        if grid.newline:
+            pooled = torch.cat([pooled, block[row_index, grid.cols][:, None]], dim=1)
+            origin = torch.cat([origin, (grid.start + row_index * stride + grid.cols)[:, None]], dim=1)
+        pieces.append(pooled.reshape(-1, embeddings.shape[-1]))
+        origins.append(origin.reshape(-1))
+        covered = grid.start + grid.length
+    if covered < embeddings.shape[0]:
+        pieces.append(embeddings[covered:])
+        origins.append(torch.arange(covered, embeddings.shape[0]))
+    return torch.cat(pieces), torch.cat(origins).to(embeddings.device)
