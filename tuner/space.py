@@ -18,8 +18,12 @@ from pilot.pruning.strategies import POSITION_MODES
 MODES = ("ratio", "mass")
 
 
-def suggest(trial: optuna.trial.BaseTrial, depth: int, mode: str = "ratio", max_stages: int = 3) -> TransPrune:
-    """Draw a valid schedule for a ``depth``-layer LLM (every draw is a valid strategy)."""
+def suggest(trial: optuna.trial.BaseTrial, depth: int, mode: str = "ratio", max_stages: int = 3,
+            position_modes: tuple[str, ...] = POSITION_MODES) -> TransPrune:
+    """Draw a valid schedule for a ``depth``-layer LLM (every draw is a valid strategy).
+
+    ``position_modes`` are the numberings the model's family accepts (M-RoPE families: original only).
+    """
     if mode not in MODES:
         raise ValueError(f"mode {mode!r}: use one of {MODES}")
     stages = trial.suggest_int("stages", 1, min(max_stages, depth - 1))
@@ -39,6 +43,6 @@ def suggest(trial: optuna.trial.BaseTrial, depth: int, mode: str = "ratio", max_
     accumulate_from = trial.suggest_int("accumulate_from", 1, layers[0])
     alpha = round(trial.suggest_float("alpha", 0.0, 1.0), 3)
     schedule = {"mass": tuple(ratios)} if mode == "mass" else {"keep": tuple(ratios)}
-    positions = trial.suggest_categorical("positions", POSITION_MODES)
+    positions = trial.suggest_categorical("positions", position_modes)
     return TransPrune(prune_after=tuple(layers), accumulate_from=accumulate_from, alpha=alpha, positions=positions,
                       **schedule)

@@ -85,6 +85,7 @@ class _Layout:
     valid: torch.Tensor  # [batch, seq] bool: not padding
     positions: torch.Tensor  # [batch, seq, axes] long
     visual_index: torch.Tensor  # [batch, seq] long: original visual index, -1 for text/padding
+    block: torch.Tensor  # [batch, seq] long: tokens of one block attend both ways (Gemma 3's images); -1 none
 
     @property
     def visual(self) -> torch.Tensor:
@@ -99,20 +100,36 @@ class _DecodeState:
     layer_stage: list[int]  # stage of each decoder layer
 
 
-def attention_mask_4d(valid: torch.Tensor, n_query: int, implementation: str, dtype) -> torch.Tensor | None:
+def attention_mask_4d(
+    valid: torch.Tensor,
+    n_query: int,
+    implementation: str,
+    dtype,
+    block: torch.Tensor | None = None,
+    window: int | None = None,
+) -> torch.Tensor | None:
     """Causal + padding mask for the last ``n_query`` of ``valid.shape[1]`` keys.
 
-    Boolean for sdpa (True = attend), additive for eager. A padding query attends to itself
-    only, so no row is empty (an empty row gives NaN in sdpa). Without padding, sdpa gets None
-    (causal when every key is queried; a single query sees all keys).
+    ``block`` [batch, keys]: tokens of the same block (>= 0) also see each other's later tokens
+    (Gemma 3: bidirectional inside an image). ``window``: a query sees keys at most ``window - 1``
+    tokens back (sliding-window layers; counted in the layer's own token sequence, as its KV
+    cache is). Boolean for sdpa (True = attend), additive for eager. A padding query attends to
+    itself only, so no row is empty (an empty row gives NaN in sdpa). Without padding, blocks or
+    a binding window, sdpa gets None (causal when every key is queried; one query sees all keys).
     """
     n_key = valid.shape[1]
-    if implementation == "sdpa" and n_query in (1, n_key) and bool(valid.all()):
+    plain = (block is None or not bool((block >= 0).any())) and (window is None or window >= n_key)
+    if implementation == "sdpa" and plain and n_query in (1, n_key) and bool(valid.all()):
         return None  # as the stock model does: sdpa's own causal path, the fastest kernel
     key_index = torch.arange(n_key, device=valid.device)
     query_index = key_index[n_key - n_query :]
-    causal = key_index[None, :] <= query_index[:, None]
-    allowed = (causal[None] & valid[:, None, :]) | (key_index[None, :] == query_index[:, None])[None]
+    allowed = (key_index[None, :] <= query_index[:, None])[None]  # [1, queries, keys]
+    if block is not None:
+        query_block = block[:, n_key - n_query :]
+        allowed = allowed | ((query_block[:, :, None] == block[:, None, :]) & (query_block[:, :, None] >= 0))
+    if window is not None:
+        allowed = allowed & (query_index[:, None] - key_index[None, :] < window)[None]
+    allowed = (allowed & valid[:, None, :]) | (key_index[None, :] == query_index[:, None])[None]
     allowed = allowed[:, None]
     if implementation == "eager":
         return torch.zeros(allowed.shape, dtype=dtype, device=valid.device).masked_fill(
@@ -157,8 +174,9 @@ def _repack(layout: _Layout, keep: torch.Tensor, positions: str, extra: torch.Te
         new_positions = new_positions.masked_fill(~valid[..., None], 0)
     else:
         new_positions = compact_positions(valid)
+    block = layout.block.gather(1, index).masked_fill(~valid, -1)
     new_extra = extra.gather(1, index).masked_fill(~valid, 0) if extra is not None else None
-    return _Layout(hidden, valid, new_positions, visual_index), new_extra
+    return _Layout(hidden, valid, new_positions, visual_index, block), new_extra
 
 
 class PruningHandle:
@@ -169,6 +187,11 @@ class PruningHandle:
         self.family = families.for_model(model)
         self.language_model = self.family.check(model)
         self.depth = len(self.language_model.layers)
+        # Each layer's attention type (full, or sliding window) sets its mask and rotary embedding.
+        config = self.language_model.config
+        self.layer_types = list(getattr(config, "layer_types", None) or ["full_attention"] * self.depth)
+        self.layer_kinds = sorted(set(self.layer_types))
+        self.sliding_window = getattr(config, "sliding_window", None)
         self.strategy = parse(strategy).resolve(self.depth)
         self.position_mode = self.family.position_mode(model, self.strategy.position_mode)
         self.last_trace: PruneTrace | None = None
@@ -177,6 +200,9 @@ class PruningHandle:
         self._states: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._visual: VisualInputs | None = None
         self._attached = False
+
+    def _window(self, kind: str) -> int | None:
+        return self.sliding_window if kind == "sliding_attention" else None
 
     # -- attach / detach -------------------------------------------------------------------
     def _attach(self) -> PruningHandle:
@@ -227,7 +253,10 @@ class PruningHandle:
         cache = cache if cache is not None else past_key_values
         if inputs_embeds is None:
             inputs_embeds = lm.embed_tokens(input_ids)
-        if attention_mask is not None and attention_mask.ndim != 2:
+        visual = self._visual
+        if isinstance(attention_mask, dict) and visual is not None:
+            attention_mask = visual.attention_mask  # prepared 4-D masks (Gemma 3): the engine builds its own
+        if attention_mask is not None and (isinstance(attention_mask, dict) or attention_mask.ndim != 2):
             raise ValueError("the pruning engine needs a 2D attention mask (static caches are not supported)")
         use_cache = lm.config.use_cache if use_cache is None else use_cache
         if use_cache and cache is None:
@@ -235,7 +264,6 @@ class PruningHandle:
         if not use_cache:
             cache = None
         state = self._states.get(cache) if cache is not None else None
-        visual = self._visual
         if state is not None:
             hidden = self._decode(inputs_embeds, attention_mask, cache, state)
         elif visual is not None and visual.mask is not None and bool(visual.mask.any()):
@@ -256,17 +284,26 @@ class PruningHandle:
         )
 
     def _run_layer_with_ttv(self, index: int, hidden, mask, embeddings, positions, cache, valid):
-        """The decoder layer written out, to read each sub-module's input and output for TTV."""
+        """The decoder layer written out, to read each sub-module's input and output for TTV.
+
+        Input: after the sub-module's input norm; output: what is added to the residual (after
+        the output norm where the family has one, as Gemma 3 does).
+        """
         layer = self.language_model.layers[index]
         direction = self.strategy.direction
-        attn_in = layer.input_layernorm(hidden)
+        attn_in_norm, attn_out_norm, mlp_in_norm, mlp_out_norm = self.family.layer_norms
+        attn_in = getattr(layer, attn_in_norm)(hidden)
         attn_out, _ = layer.self_attn(
             hidden_states=attn_in, attention_mask=mask, position_embeddings=embeddings,
             position_ids=positions[..., 0], cache=cache,
         )
+        if attn_out_norm:
+            attn_out = getattr(layer, attn_out_norm)(attn_out)
         hidden = hidden + attn_out
-        mlp_in = layer.post_attention_layernorm(hidden)
+        mlp_in = getattr(layer, mlp_in_norm)(hidden)
         mlp_out = layer.mlp(mlp_in)
+        if mlp_out_norm:
+            mlp_out = getattr(layer, mlp_out_norm)(mlp_out)
         ttv = token_transition(attn_in, attn_out, valid, direction)
         ttv = ttv + token_transition(mlp_in, mlp_out, valid, direction)
         return hidden + mlp_out, ttv
@@ -284,7 +321,9 @@ class PruningHandle:
         image_mask = visual.mask.to(device) & valid
         positions = self.family.prefill_positions(position_ids, valid)
         visual_index = (image_mask.long().cumsum(dim=1) - 1).masked_fill(~image_mask, -1)
-        layout = _Layout(inputs_embeds, valid, positions, visual_index)
+        block = visual.block.to(device).masked_fill(~valid, -1) if visual.block is not None else torch.full_like(
+            visual_index, -1)
+        layout = _Layout(inputs_embeds, valid, positions, visual_index, block)
         # Per layer: features the LM adds to the visual tokens after it (Qwen3-VL's DeepStack),
         # indexed by original visual index so that they follow the pruning.
         additions = self.family.visual_additions(lm_kwargs, visual.mask.to(device))
@@ -303,41 +342,48 @@ class PruningHandle:
         ttv_sum = torch.zeros(layout.valid.shape, dtype=torch.float32, device=device) if accumulate else None
 
         state = _DecodeState(length, [], [], [])
-        mask = embeddings = None
+        masks = embeddings = None
         for index in range(self.depth):
-            if mask is None:  # a new stage: its mask, rotary embeddings and decode bookkeeping
-                mask = attention_mask_4d(layout.valid, layout.valid.shape[1], implementation, layout.hidden.dtype)
-                embeddings = self.family.rotary(lm, layout.hidden, layout.positions)
+            if masks is None:  # a new stage: its masks, rotary embeddings and decode bookkeeping, per layer type
+                n_tokens = layout.valid.shape[1]
+                masks = {kind: attention_mask_4d(layout.valid, n_tokens, implementation, layout.hidden.dtype,
+                                                 layout.block, self._window(kind)) for kind in self.layer_kinds}
+                embeddings = {kind: self.family.rotary(lm, layout.hidden, layout.positions, kind)
+                              for kind in self.layer_kinds}
                 state.stage_valid.append(layout.valid)
                 state.stage_next_position.append(_next_position(layout))
             state.layer_stage.append(len(state.stage_valid) - 1)
+            kind = self.layer_types[index]
+            mask = masks[kind]
             trace.visual_tokens_per_layer[:, index] = layout.visual.sum(dim=1).cpu()
             layer_number = index + 1  # 1-indexed, as in the schedule
             if accumulate and accumulate <= layer_number <= last_stage_layer:
                 hidden, ttv = self._run_layer_with_ttv(
-                    index, layout.hidden, mask, embeddings, layout.positions, cache, layout.valid
+                    index, layout.hidden, mask, embeddings[kind], layout.positions, cache, layout.valid
                 )
                 ttv_sum = ttv_sum + ttv
             else:
-                hidden = self._run_layer(index, layout.hidden, mask, embeddings, layout.positions, cache)
+                hidden = self._run_layer(index, layout.hidden, mask, embeddings[kind], layout.positions, cache)
             if index in additions:
                 hidden = hidden + _gather_visual(additions[index], layout)
             layout.hidden = hidden
             if layer_number in stage_keep:
                 stage = len(trace.stages)
+                next_kind = self.layer_types[layer_number]  # the layer after the stage scores the tokens
                 keep_visual, stage_trace = self._select(
-                    stage, layer_number, stage_keep[layer_number], layout, n_visual, ttv_sum, embeddings
+                    stage, layer_number, stage_keep[layer_number], layout, n_visual, ttv_sum,
+                    embeddings[next_kind], self._window(next_kind),
                 )
                 trace.stages.append(stage_trace)
                 keep_tokens = (layout.valid & (layout.visual_index < 0)) | keep_visual
                 layout, ttv_sum = _repack(layout, keep_tokens, self.position_mode, ttv_sum)
-                mask = None
+                masks = None
         if cache is not None:
             self._states[cache] = state
         self.last_trace = trace
         return layout.hidden
 
-    def _select(self, stage, layer_number, keep, layout, n_visual, ttv_sum, embeddings):
+    def _select(self, stage, layer_number, keep, layout, n_visual, ttv_sum, embeddings, window):
         """Choose the visual tokens to keep after ``layer_number``; returns a mask and the trace."""
         strategy = self.strategy
         candidates = layout.visual
@@ -373,7 +419,7 @@ class PruningHandle:
                 queries[:, -1] = True  # the last token; left padding puts it last in every row
             else:
                 raise ValueError(f"{strategy} has no in-LLM scoring")
-            received = query_attention(next_layer, layout.hidden, embeddings, layout.valid, queries)
+            received = query_attention(next_layer, layout.hidden, embeddings, layout.valid, queries, window)
             iga = normalise(received, candidates)
             if isinstance(strategy, TransPrune):
                 ttv = normalise(ttv_sum, candidates)
@@ -418,10 +464,11 @@ class PruningHandle:
             tokens = layout.hidden[row, present]
             index = layout.visual_index[row, present]
             positions = layout.positions[row, present]
+            block = layout.block[row, present]
             is_visual = index >= 0
             visual_positions = positions[is_visual]  # by visual index: they are in order
             image_starts = torch.nonzero(is_visual).flatten().tolist()
-            hidden_pieces, index_pieces, position_pieces, cursor, offset = [], [], [], 0, 0
+            hidden_pieces, index_pieces, position_pieces, block_pieces, cursor, offset = [], [], [], [], 0, 0
             edges = torch.diff(nn.functional.pad(is_visual.long(), (1, 1)))  # +1 where a run starts, -1 after it
             run_lengths = (torch.nonzero(edges < 0).flatten() - torch.nonzero(edges > 0).flatten()).tolist()
             grids = self.family.image_grids(self.model, tokens[is_visual], visual_positions, run_lengths)
@@ -435,25 +482,30 @@ class PruningHandle:
                 hidden_pieces += [tokens[cursor:start], pooled]
                 index_pieces += [index[cursor:start], origin]
                 position_pieces += [positions[cursor:start], visual_positions[origin]]
+                block_pieces += [block[cursor:start], block[start : start + 1].expand(len(origin))]
                 cursor, offset = start + size, offset + size
             hidden_pieces.append(tokens[cursor:])
             index_pieces.append(index[cursor:])
             position_pieces.append(positions[cursor:])
-            rows.append((torch.cat(hidden_pieces), torch.cat(index_pieces), torch.cat(position_pieces)))
-        length = max(len(hidden) for hidden, _, _ in rows)
+            block_pieces.append(block[cursor:])
+            rows.append(tuple(torch.cat(pieces) for pieces in (hidden_pieces, index_pieces, position_pieces,
+                                                                block_pieces)))
+        length = max(len(hidden) for hidden, *_ in rows)
         batch = len(rows)
         hidden = layout.hidden.new_zeros(batch, length, layout.hidden.shape[-1])
         visual_index = torch.full((batch, length), -1, dtype=torch.long, device=hidden.device)
         positions = layout.positions.new_zeros(batch, length, layout.positions.shape[-1])
         valid = torch.zeros(batch, length, dtype=torch.bool, device=hidden.device)
-        for row, (tokens, index, position) in enumerate(rows):
+        blocks = torch.full((batch, length), -1, dtype=torch.long, device=hidden.device)
+        for row, (tokens, index, position, block) in enumerate(rows):
             hidden[row, length - len(tokens) :] = tokens
             visual_index[row, length - len(tokens) :] = index
             positions[row, length - len(tokens) :] = position
+            blocks[row, length - len(tokens) :] = block
             valid[row, length - len(tokens) :] = True
         if self.position_mode == "compact":
             positions = compact_positions(valid)
-        new = _Layout(hidden, valid, positions, visual_index)
+        new = _Layout(hidden, valid, positions, visual_index, blocks)
         return new, _pack_left(visual_index, new.visual, -1).cpu(), additions
 
     def _decode(self, inputs_embeds, attention_mask, cache, state: _DecodeState):
@@ -473,17 +525,28 @@ class PruningHandle:
         else:
             decoded = torch.ones(batch, n_decoded, dtype=torch.bool, device=device)
         offsets = decoded.long().cumsum(dim=1)[:, -n_new:] - 1
-        masks, embeddings = [], []
+        masks, embeddings = [], []  # per stage, per layer type
         for valid, next_position in zip(state.stage_valid, state.stage_next_position, strict=True):
             full = torch.cat([valid, decoded], dim=1)
-            masks.append(attention_mask_4d(full, n_new, implementation, inputs_embeds.dtype))
+            stage_masks = {}
+            for kind in self.layer_kinds:
+                window = self._window(kind)
+                mask = attention_mask_4d(full, n_new, implementation, inputs_embeds.dtype, window=window)
+                if mask is not None and window is not None:
+                    # A sliding layer's cache keeps its last window - 1 tokens: the mask covers those.
+                    kept = min(valid.shape[1] + n_decoded - n_new, window - 1) + n_new
+                    mask = mask[..., -kept:]
+                stage_masks[kind] = mask
+            masks.append(stage_masks)
             positions = next_position[:, None] + offsets.clamp_min(0)  # the same on every axis
             positions = positions[..., None].expand(-1, -1, self.family.position_axes)
-            embeddings.append((positions, self.family.rotary(lm, inputs_embeds, positions)))
+            embeddings.append((positions, {kind: self.family.rotary(lm, inputs_embeds, positions, kind)
+                                           for kind in self.layer_kinds}))
         hidden = inputs_embeds
         for index, stage in enumerate(state.layer_stage):
             positions, rotary = embeddings[stage]
-            hidden = self._run_layer(index, hidden, masks[stage], rotary, positions, cache)
+            kind = self.layer_types[index]
+            hidden = self._run_layer(index, hidden, masks[stage][kind], rotary[kind], positions, cache)
         return hidden
 
 

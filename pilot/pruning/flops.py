@@ -10,21 +10,65 @@ Two conventions, on purpose:
   (two FLOPs per multiply-add): vision tower, projector, every LLM layer with all its tokens
   (text too, attention over the full square as the kernels compute it), the pruning scores,
   and the LM head on the last position.
+
+Eq. 7 on models the paper did not cover. The paper's ``4 n d^2`` is the Q, K, V and O
+projections, each ``n d^2`` multiply-adds, which holds only when K and V are as wide as Q.
+Here the projections are counted as they are: ``n d (2 q_width + 2 kv_width)`` multiply-adds
+with ``q_width = heads * head_dim`` and ``kv_width = kv_heads * head_dim`` (grouped-query
+attention has narrower K/V), and the attention term is ``2 n^2 q_width`` (the kernels compute
+every query head). For LLaVA-1.5-7B (``kv_width = q_width = d``) this is exactly the paper's
+formula, so its published figures are unchanged. Qwen2.5-VL's ``head_dim`` is
+``hidden / heads``; Qwen3-VL gives ``head_dim`` explicitly (for the 8B, ``32 * 128 = 4096 = d``
+anyway). The MLP term ``3 n d m`` becomes, for a mixture of experts, the active experts plus
+the router: ``n (3 d k m_expert + d E)`` (``k`` experts per token, ``E`` experts).
+
+Vision towers:
+
+* LLaVA / LLaVA-NeXT: a CLIP tower on fixed 336 px crops (1 per image; NeXT adds anyres tiles),
+  then a two-layer projector. Sized by ``crops``.
+* Qwen2.5-VL / Qwen3-VL (dynamic resolution): each image (or video frame) is cut into
+  ``patch x patch`` pixel patches (``temporal_patch`` frames deep), the tower runs on all
+  ``merged tokens * spatial_merge^2`` patches, and the merger folds each 2x2 block into one LLM
+  token. Attention is per image (per frame); Qwen2.5-VL's blocks outside
+  ``fullatt_block_indexes`` attend within windows of ``window_size`` pixels. Qwen3-VL runs one
+  extra merger per DeepStack layer. The tower's cost is set by the sample's *original* visual
+  tokens (``visual_tokens_original``) or, exactly, by its ``image_grid_thw`` rows
+  (``image_grids``); pooling (``pool:factor=N``) acts after the tower, so the tower still sees
+  the original tokens. From a count alone the sample is taken as one image and every attention
+  window as full (an upper bound on the windowed blocks' attention, exact when the merged grid's
+  sides are multiples of the window).
+
+Not counted (as FlopCounterMode does not count them): norms, activations, rotary / position
+embeddings, biases (``addmm`` counts the matmul only), DeepStack's additions. FlopCounterMode
+does not see CPU sdpa kernels nor ``grouped_mm`` experts; compare against it with eager
+attention and eager experts.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from pilot.pruning.strategies import FastV, Strategy, TransPrune, kept_count, parse
 
+LLAVA_FAMILIES = ("llava", "llava_next")
+QWEN_FAMILIES = ("qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
+SUPPORTED_MODEL_TYPES = LLAVA_FAMILIES + QWEN_FAMILIES
+
+# The ``pilot flops`` default for dynamic-resolution models: 1024 merged tokens, a 896x896 image
+# for Qwen2.5-VL (28 px per token) and 1024x1024 for Qwen3-VL (32 px per token).
+QWEN_DEFAULT_VISUAL_TOKENS = 1024
+
 
 @dataclass(frozen=True)
 class ModelDims:
-    """The dimensions the cost model needs, read from a LLaVA / LLaVA-NeXT config."""
+    """The dimensions the cost model needs, read from a LLaVA, LLaVA-NeXT, Qwen2.5-VL or Qwen3-VL config.
+
+    Widths are in features, ``patch`` and ``image_size`` / ``vision_window_size`` in pixels.
+    """
 
     hidden: int
     intermediate: int
@@ -37,37 +81,120 @@ class ModelDims:
     vision_intermediate: int
     vision_layers: int
     patch: int
-    image_size: int
+    image_size: int = 0  # LLaVA crop side; 0 for dynamic-resolution families
     feature_layers: int = 1  # vision layers concatenated into the projector input
     next: bool = False  # LLaVA-NeXT (anyres crops)
+    family: str = "llava"  # one of SUPPORTED_MODEL_TYPES
+    # Dynamic-resolution (Qwen) vision tower.
+    spatial_merge: int = 1  # merger folds spatial_merge x spatial_merge patches into one token
+    temporal_patch: int = 1  # frames per patch (images are repeated to fill them)
+    vision_out_hidden: int = 0  # merger output width (the LM's hidden size)
+    vision_gated_mlp: bool = False  # Qwen2.5-VL: gate/up/down; Qwen3-VL and CLIP: fc1/fc2
+    vision_window_size: int = 0  # Qwen2.5-VL attention window side; 0 = every block attends the whole image
+    vision_full_attention_blocks: tuple[int, ...] = ()  # 0-indexed blocks attending the whole image
+    deepstack_mergers: int = 0  # Qwen3-VL: one extra merger per deepstack_visual_indexes entry
+    # Mixture-of-experts LM (Qwen3-VL-MoE): every layer sparse.
+    experts: int = 0
+    experts_per_token: int = 0
+    moe_intermediate: int = 0
+
+    @property
+    def dynamic_resolution(self) -> bool:
+        return self.family in QWEN_FAMILIES
 
     @property
     def patches_per_crop(self) -> int:
+        if self.dynamic_resolution:
+            raise ValueError(f"{self.family}: dynamic resolution has no fixed crop; size the tower by its tokens")
         return (self.image_size // self.patch) ** 2
+
+    @property
+    def q_width(self) -> int:
+        return self.heads * self.head_dim
+
+    @property
+    def kv_width(self) -> int:
+        return self.kv_heads * self.head_dim
+
+    @property
+    def mlp_macs_per_token(self) -> int:
+        """Multiply-adds of one token through one LM MLP (MoE: the active experts plus the router)."""
+        if self.experts:
+            return 3 * self.hidden * self.experts_per_token * self.moe_intermediate + self.hidden * self.experts
+        return 3 * self.hidden * self.intermediate
 
     @classmethod
     def from_config(cls, config) -> ModelDims:
         """From a transformers config object or its dict (``config.json`` of a checkpoint)."""
         data = config if isinstance(config, dict) else config.to_dict()
+        model_type = data.get("model_type")
+        if model_type in LLAVA_FAMILIES:
+            return cls._from_llava(data)
+        if model_type in QWEN_FAMILIES:
+            return cls._from_qwen(data)
+        raise ValueError(f"model_type {model_type!r} is not supported (supported: {', '.join(SUPPORTED_MODEL_TYPES)})")
+
+    @classmethod
+    def _from_llava(cls, data: dict) -> ModelDims:
         text, vision = data["text_config"], data["vision_config"]
-        heads = text["num_attention_heads"]
         feature_layer = data.get("vision_feature_layer", -2)
         return cls(
-            hidden=text["hidden_size"],
-            intermediate=text["intermediate_size"],
-            layers=text["num_hidden_layers"],
-            heads=heads,
-            kv_heads=text.get("num_key_value_heads") or heads,
-            head_dim=text.get("head_dim") or text["hidden_size"] // heads,
-            vocab=text["vocab_size"],
+            **_text_dims(text),
             vision_hidden=vision["hidden_size"],
             vision_intermediate=vision["intermediate_size"],
             vision_layers=vision["num_hidden_layers"],
             patch=vision["patch_size"],
             image_size=vision["image_size"],
             feature_layers=1 if isinstance(feature_layer, int) else len(feature_layer),
-            next=data.get("model_type") == "llava_next",
+            next=data["model_type"] == "llava_next",
+            family=data["model_type"],
         )
+
+    @classmethod
+    def _from_qwen(cls, data: dict) -> ModelDims:
+        family = data["model_type"]
+        # Qwen2.5-VL checkpoints keep the LM's fields at the top level of config.json; configs
+        # saved by transformers 5 nest them under text_config.
+        nested = data.get("text_config") or {}
+        text = nested if "hidden_size" in nested else data
+        vision = data["vision_config"]
+        moe = {}
+        if family == "qwen3_vl_moe":
+            if text.get("mlp_only_layers") or text.get("decoder_sparse_step", 1) != 1:
+                raise ValueError(f"{family}: dense layers among the MoE ones (mlp_only_layers / decoder_sparse_step) "
+                                 "are not modelled; every layer must be sparse")
+            moe = dict(experts=text.get("num_experts") or text["num_local_experts"],
+                       experts_per_token=text["num_experts_per_tok"],
+                       moe_intermediate=text["moe_intermediate_size"])
+        return cls(
+            **_text_dims(text),
+            vision_hidden=vision["hidden_size"],
+            vision_intermediate=vision["intermediate_size"],
+            vision_layers=vision["depth"],
+            patch=vision["patch_size"],
+            family=family,
+            spatial_merge=vision.get("spatial_merge_size", 2),
+            temporal_patch=vision.get("temporal_patch_size", 2),
+            vision_out_hidden=vision.get("out_hidden_size") or text["hidden_size"],
+            vision_gated_mlp=family == "qwen2_5_vl",
+            vision_window_size=vision.get("window_size", 0) if family == "qwen2_5_vl" else 0,
+            vision_full_attention_blocks=tuple(vision.get("fullatt_block_indexes") or ()),
+            deepstack_mergers=len(vision.get("deepstack_visual_indexes") or ()),
+            **moe,
+        )
+
+
+def _text_dims(text: dict) -> dict:
+    heads = text["num_attention_heads"]
+    return dict(
+        hidden=text["hidden_size"],
+        intermediate=text["intermediate_size"],
+        layers=text["num_hidden_layers"],
+        heads=heads,
+        kv_heads=text.get("num_key_value_heads") or heads,
+        head_dim=text.get("head_dim") or text["hidden_size"] // heads,
+        vocab=text["vocab_size"],
+    )
 
 
 # Public dimensions of the models the paper reports (Vicuna-7B + CLIP ViT-L/14-336).
@@ -84,6 +211,24 @@ PRESETS: dict[str, dict] = {
 PRESETS["llava-next-7b"] = {
     **PRESETS["llava-1.5-7b"], "model_type": "llava_next",
     "image_grid_pinpoints": [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]],
+}
+# Public config.json dimensions of Qwen/Qwen2.5-VL-7B-Instruct and Qwen/Qwen3-VL-8B-Instruct
+# (laid out as transformers 5 saves them, LM fields under text_config).
+PRESETS["qwen2.5-vl-7b"] = {
+    "model_type": "qwen2_5_vl",
+    "text_config": {"hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
+                    "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 152064},
+    "vision_config": {"depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16,
+                      "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 112,
+                      "fullatt_block_indexes": [7, 15, 23, 31], "out_hidden_size": 3584},
+}
+PRESETS["qwen3-vl-8b"] = {
+    "model_type": "qwen3_vl",
+    "text_config": {"hidden_size": 4096, "intermediate_size": 12288, "num_hidden_layers": 36,
+                    "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 151936},
+    "vision_config": {"depth": 27, "hidden_size": 1152, "intermediate_size": 4304, "num_heads": 16,
+                      "patch_size": 16, "spatial_merge_size": 2, "temporal_patch_size": 2, "out_hidden_size": 4096,
+                      "deepstack_visual_indexes": [8, 16, 24], "num_position_embeddings": 2304},
 }
 
 
@@ -102,24 +247,74 @@ def load_dims(config: str | Path | dict) -> ModelDims:
     try:
         data = json.loads(path.read_text())
         return ModelDims.from_config(data)
-    except (json.JSONDecodeError, KeyError) as error:
-        raise ValueError(f"{path}: not a LLaVA config ({error})") from None
+    except (json.JSONDecodeError, KeyError, ValueError) as error:
+        raise ValueError(f"{path}: not a supported model config ({error})") from None
 
 
-def pooled_count(n_visual: int, factor: int, patches_per_crop: int) -> int:
-    """Visual tokens left by pooling: square grids pooled exactly; others approximately n / f^2."""
-    side = math.isqrt(patches_per_crop)
-    if n_visual % patches_per_crop == 0:
+def default_visual_tokens(dims: ModelDims) -> int:
+    """Visual tokens of one typical image: a LLaVA crop (576), the paper's LLaVA-NeXT 2880, or 1024 for Qwen."""
+    if dims.dynamic_resolution:
+        return QWEN_DEFAULT_VISUAL_TOKENS
+    return dims.patches_per_crop * (5 if dims.next else 1)
+
+
+def _frames(dims: ModelDims, image_grids: Sequence[Sequence[int]]) -> list[tuple[int, int]]:
+    """Per attended frame, its (rows, cols) in vision patches, from ``image_grid_thw`` rows (t, h, w)."""
+    frames = []
+    for grid in image_grids:
+        t, h, w = (int(v) for v in grid)
+        if h % dims.spatial_merge or w % dims.spatial_merge:
+            raise ValueError(f"image grid {(t, h, w)}: sides must be multiples of "
+                             f"spatial_merge_size {dims.spatial_merge}")
+        frames += [(h, w)] * t
+    return frames
+
+
+def _merged_tokens(dims: ModelDims, image_grids: Sequence[Sequence[int]]) -> int:
+    return sum(h * w for h, w in _frames(dims, image_grids)) // dims.spatial_merge**2
+
+
+def pooled_count(
+    n_visual: int,
+    factor: int,
+    patches_per_crop: int | None = None,
+    grids: Sequence[tuple[int, int]] | None = None,
+) -> int:
+    """Visual tokens left by pooling each grid ``factor x factor`` (windows at the edges kept partial).
+
+    ``grids``: (rows, cols) of each pooled grid (Qwen: each image's merged grid), pooled exactly.
+    Otherwise ``n_visual`` is cut into square ``patches_per_crop`` grids when it divides, and
+    approximated as ``ceil(n / f^2)`` when it does not or no crop size is given.
+    """
+    if grids is not None:
+        return sum(math.ceil(rows / factor) * math.ceil(cols / factor) for rows, cols in grids)
+    if patches_per_crop and n_visual % patches_per_crop == 0:
+        side = math.isqrt(patches_per_crop)
         return (n_visual // patches_per_crop) * math.ceil(side / factor) ** 2
     return math.ceil(n_visual / factor**2)
 
 
-def visual_tokens_per_layer(strategy: Strategy | str, n_visual: int, dims: ModelDims) -> list[int]:
-    """How many visual tokens each LLM layer sees under ``strategy`` (schedule mapped to depth)."""
+def visual_tokens_per_layer(
+    strategy: Strategy | str,
+    n_visual: int,
+    dims: ModelDims,
+    image_grids: Sequence[Sequence[int]] | None = None,
+) -> list[int]:
+    """How many visual tokens each LLM layer sees under ``strategy`` (schedule mapped to depth).
+
+    ``image_grids``: the sample's ``image_grid_thw`` rows (Qwen), for an exact pooled count.
+    """
     strategy = parse(strategy).resolve(dims.layers)
     current = n_visual
     if strategy.pool_factor > 1:
-        current = pooled_count(n_visual, strategy.pool_factor, dims.patches_per_crop)
+        if dims.dynamic_resolution:
+            merged = None
+            if image_grids is not None:
+                s = dims.spatial_merge
+                merged = [(h // s, w // s) for h, w in _frames(dims, image_grids)]
+            current = pooled_count(n_visual, strategy.pool_factor, grids=merged)
+        else:
+            current = pooled_count(n_visual, strategy.pool_factor, dims.patches_per_crop)
     if getattr(strategy, "mass", None):
         raise ValueError(f"{strategy}: a score-mass schedule keeps a different count per image; measure it with a run")
     keep_after = dict(strategy.stages)
@@ -132,12 +327,17 @@ def visual_tokens_per_layer(strategy: Strategy | str, n_visual: int, dims: Model
 
 
 def paper_flops(dims: ModelDims, tokens_per_layer: list[int]) -> float:
-    """The paper's Eq. 7 over the LLM layers, visual tokens only (multiply-add = 1 FLOP)."""
-    d, m = dims.hidden, dims.intermediate
-    return float(sum(4 * n * d * d + 2 * n * n * d + 3 * n * d * m for n in tokens_per_layer))
+    """The paper's Eq. 7 over the LLM layers, visual tokens only (multiply-add = 1 FLOP).
+
+    Projections counted at their real widths (grouped-query K/V narrower), see the module notes.
+    """
+    projection_macs = dims.hidden * (2 * dims.q_width + 2 * dims.kv_width)
+    return float(sum(n * projection_macs + 2 * n * n * dims.q_width + n * dims.mlp_macs_per_token
+                     for n in tokens_per_layer))
 
 
 def _vision_flops(dims: ModelDims, crops: int) -> float:
+    """LLaVA: CLIP tower (with its CLS token) and projector, per fixed-size crop."""
     patches, dv, mv = dims.patches_per_crop, dims.vision_hidden, dims.vision_intermediate
     tokens = patches + 1  # CLS
     embed = 2 * patches * 3 * dims.patch**2 * dv
@@ -146,17 +346,59 @@ def _vision_flops(dims: ModelDims, crops: int) -> float:
     return float(crops * (embed + dims.vision_layers * layer + projector))
 
 
+def _window_square_sum(side_merged: int, window_merged: int) -> int:
+    """Sum over the windows along one axis of their length squared (the last window may be partial)."""
+    return (side_merged // window_merged) * window_merged**2 + (side_merged % window_merged) ** 2
+
+
+def _qwen_vision_flops(dims: ModelDims, merged_tokens: int, image_grids: Sequence[Sequence[int]] | None) -> float:
+    """Qwen2.5-VL / Qwen3-VL tower: patch embedding, blocks, merger (and DeepStack mergers).
+
+    Attention costs ``4 L^2 d_v`` per segment of ``L`` patches; the segments are the frames (full
+    attention) or, for Qwen2.5-VL's other blocks, the windows of each frame.
+    """
+    s, dv, mv = dims.spatial_merge, dims.vision_hidden, dims.vision_intermediate
+    window_merged = dims.vision_window_size // s // dims.patch if dims.vision_window_size else 0
+    if image_grids is not None:
+        frames = _frames(dims, image_grids)
+        patches = sum(h * w for h, w in frames)
+        full_square_sum = sum((h * w) ** 2 for h, w in frames)
+        window_square_sum = full_square_sum
+        if window_merged:
+            window_square_sum = sum(
+                s**4 * _window_square_sum(h // s, window_merged) * _window_square_sum(w // s, window_merged)
+                for h, w in frames
+            )
+    else:
+        # One image, every window full: exact for one image whose merged sides are multiples of the window.
+        patches = merged_tokens * s * s
+        full_square_sum = patches**2
+        window_square_sum = full_square_sum
+        if window_merged:
+            window_square_sum = patches * min(patches, (window_merged * s) ** 2)
+    embed = 2 * patches * 3 * dims.temporal_patch * dims.patch**2 * dv
+    mlp_matrices = 3 if dims.vision_gated_mlp else 2
+    block_linear = 2 * patches * 4 * dv * dv + 2 * mlp_matrices * patches * dv * mv
+    full_blocks = dims.vision_layers
+    if window_merged:
+        full_blocks = sum(1 for b in dims.vision_full_attention_blocks if b < dims.vision_layers)
+    attention = 4 * dv * (full_blocks * full_square_sum + (dims.vision_layers - full_blocks) * window_square_sum)
+    merged = patches // (s * s)
+    merger_width = dv * s * s
+    merger = 2 * merged * merger_width * (merger_width + dims.vision_out_hidden)
+    return float(embed + dims.vision_layers * block_linear + attention + (1 + dims.deepstack_mergers) * merger)
+
+
 def _llm_layer_flops(dims: ModelDims, tokens: int) -> float:
-    d, q_width, kv_width = dims.hidden, dims.heads * dims.head_dim, dims.kv_heads * dims.head_dim
-    projections = 2 * tokens * d * (2 * q_width + 2 * kv_width)
-    attention = 4 * tokens * tokens * q_width
-    mlp = 6 * tokens * d * dims.intermediate
+    projections = 2 * tokens * dims.hidden * (2 * dims.q_width + 2 * dims.kv_width)
+    attention = 4 * tokens * tokens * dims.q_width
+    mlp = 2 * tokens * dims.mlp_macs_per_token
     return float(projections + attention + mlp)
 
 
 def _score_flops(dims: ModelDims, strategy: Strategy, tokens: int, queries: int) -> float:
     """Scoring at one stage: keys for every token, queries for the instruction rows, their product."""
-    d, q_width, kv_width = dims.hidden, dims.heads * dims.head_dim, dims.kv_heads * dims.head_dim
+    d, q_width, kv_width = dims.hidden, dims.q_width, dims.kv_width
     return float(2 * tokens * d * kv_width + 2 * queries * d * q_width + 2 * queries * tokens * q_width)
 
 
@@ -167,19 +409,48 @@ def full_prefill_flops(
     strategy: Strategy | str = "baseline",
     instruction_tokens: int = 0,
     crops: int | None = None,
+    *,
+    visual_tokens_original: int | None = None,
+    image_grids: Sequence[Sequence[int]] | None = None,
 ) -> float:
     """FLOPs of one sample's prefill, as ``torch.utils.flop_counter.FlopCounterMode`` counts them.
 
-    ``tokens_per_layer`` are the visual tokens per LLM layer; ``crops`` the vision-tower crops
-    (LLaVA-1.5: 1 per image; LLaVA-NeXT: base + high-resolution tiles; by default estimated as
-    original visual tokens / patches per crop).
+    ``tokens_per_layer`` are the visual tokens per LLM layer. The vision tower is sized by:
+
+    * LLaVA: ``crops`` (LLaVA-1.5: 1 per image; LLaVA-NeXT: base + high-resolution tiles); by
+      default estimated from ``visual_tokens_original`` or else ``tokens_per_layer[0]`` divided
+      by the patches per crop.
+    * Qwen2.5-VL / Qwen3-VL: ``image_grids`` (the sample's ``image_grid_thw`` rows, exact), else
+      ``visual_tokens_original`` (the merged tokens before any pruning or pooling; one image
+      assumed), else ``tokens_per_layer[0]``. ``crops`` is ignored.
+
+    A pooled strategy shrinks ``tokens_per_layer[0]`` below what the tower saw, so it needs
+    ``crops`` / ``visual_tokens_original`` / ``image_grids``.
     """
     strategy = parse(strategy).resolve(dims.layers)
-    if crops is None:
-        crops = max(1, round(tokens_per_layer[0] / dims.patches_per_crop)) if tokens_per_layer else 0
-        if strategy.pool_factor > 1:
-            raise ValueError("give crops explicitly for a pooled strategy")
-    total = _vision_flops(dims, crops) if crops else 0.0
+    pooled = strategy.pool_factor > 1
+    if dims.dynamic_resolution:
+        if image_grids is not None:
+            merged = _merged_tokens(dims, image_grids)
+            if visual_tokens_original is not None and visual_tokens_original != merged:
+                raise ValueError(f"visual_tokens_original {visual_tokens_original} disagrees with image_grids "
+                                 f"{[list(g) for g in image_grids]} ({merged} merged tokens)")
+        elif visual_tokens_original is not None:
+            merged = visual_tokens_original
+        elif pooled:
+            raise ValueError("give visual_tokens_original (or image_grids) for a pooled strategy")
+        else:
+            merged = tokens_per_layer[0] if tokens_per_layer else 0
+        total = _qwen_vision_flops(dims, merged, image_grids) if merged else 0.0
+    else:
+        if crops is None:
+            original = visual_tokens_original
+            if original is None:
+                if pooled:
+                    raise ValueError("give crops (or visual_tokens_original) explicitly for a pooled strategy")
+                original = tokens_per_layer[0] if tokens_per_layer else 0
+            crops = max(1, round(original / dims.patches_per_crop)) if original else 0
+        total = _vision_flops(dims, crops) if crops else 0.0
     total += sum(_llm_layer_flops(dims, text_tokens + n) for n in tokens_per_layer)
     queries = 1 if isinstance(strategy, FastV) else instruction_tokens
     if isinstance(strategy, TransPrune | FastV):
@@ -195,14 +466,21 @@ def estimate(
     strategy: Strategy | str,
     text_tokens: int = 64,
     instruction_tokens: int = 24,
+    *,
+    image_grids: Sequence[Sequence[int]] | None = None,
 ) -> dict:
-    """Baseline and pruned TFLOPs of one sample, both conventions (the ``pilot flops`` output)."""
+    """Baseline and pruned TFLOPs of one sample, both conventions (the ``pilot flops`` output).
+
+    ``image_grids``: Qwen only, the sample's ``image_grid_thw`` rows (else one image of ``n_visual`` tokens).
+    """
     strategy = parse(strategy).resolve(dims.layers)
-    crops = max(1, round(n_visual / dims.patches_per_crop))
+    tower: dict = {"visual_tokens_original": n_visual, "image_grids": image_grids}
+    if not dims.dynamic_resolution:
+        tower = {"crops": max(1, round(n_visual / dims.patches_per_crop))}
     baseline_counts = [n_visual] * dims.layers
-    pruned_counts = visual_tokens_per_layer(strategy, n_visual, dims)
-    baseline_full = full_prefill_flops(dims, baseline_counts, text_tokens, "baseline", crops=crops)
-    pruned_full = full_prefill_flops(dims, pruned_counts, text_tokens, strategy, instruction_tokens, crops=crops)
+    pruned_counts = visual_tokens_per_layer(strategy, n_visual, dims, image_grids)
+    baseline_full = full_prefill_flops(dims, baseline_counts, text_tokens, "baseline", **tower)
+    pruned_full = full_prefill_flops(dims, pruned_counts, text_tokens, strategy, instruction_tokens, **tower)
     return {
         "strategy": str(strategy),
         "visual_tokens": n_visual,

@@ -41,6 +41,7 @@ def query_attention(
     position_embeddings: tuple[torch.Tensor, torch.Tensor],
     valid: torch.Tensor,
     query_rows: torch.Tensor,
+    window: int | None = None,
 ) -> torch.Tensor:
     """Attention that the ``query_rows`` tokens pay to every token, as ``layer`` would compute it.
 
@@ -49,6 +50,8 @@ def query_attention(
     current positions; causal and padding masks; softmax over keys in float32; averaged over
     heads and over each sample's query rows. Only the query rows are projected to queries, so
     the cost is O(queries x sequence), and the model's own attention kernel is not involved.
+
+    ``window``: the layer attends within a sliding window of that many tokens.
 
     Returns [batch, seq]: the mean attention each token receives (0 for samples without queries).
     Query rows must be the trailing tokens of each sample (true for the instruction and for the
@@ -79,7 +82,10 @@ def query_attention(
 
     query_index = torch.arange(seq - n_query, seq, device=hidden_states.device)
     key_index = torch.arange(seq, device=hidden_states.device)
-    allowed = (key_index[None, :] <= query_index[:, None])[None] & valid[:, None, :]
+    allowed = key_index[None, :] <= query_index[:, None]
+    if window is not None:  # a sliding-window layer: keys at most window - 1 tokens back
+        allowed = allowed & (query_index[:, None] - key_index[None, :] < window)
+    allowed = allowed[None] & valid[:, None, :]
     allowed = allowed | (key_index[None, :] == query_index[:, None])[None]  # no empty rows
     probs = logits.masked_fill(~allowed[:, None], float("-inf")).softmax(dim=-1)
 

@@ -48,9 +48,13 @@ class GridSegment:
 @dataclass
 class VisualInputs:
     """What one forward call's inputs say about its visual tokens: ``mask`` [batch, seq] marks
-    the visual-token positions (None when the inputs cannot tell)."""
+    the visual-token positions (None when the inputs cannot tell); ``attention_mask`` the 2D
+    padding mask (for families whose LM receives prepared 4-D masks); ``block`` the groups of
+    tokens that attend to each other both ways in prefill."""
 
     mask: torch.Tensor | None
+    attention_mask: torch.Tensor | None = None  # the 2D padding mask the multimodal forward was given
+    block: torch.Tensor | None = None  # [batch, seq] long: bidirectional blocks (Gemma 3's images), -1 none
 
 
 class Family:
@@ -61,6 +65,11 @@ class Family:
     position_modes: tuple[str, ...] = ("compact", "original")  # the first is the default
     position_axes: int = 1
     position_modes_reason: str = ""  # why a mode is missing, for the error message
+    # Decoder-layer norms: attention input, attention output (or None), MLP input, MLP output (or None).
+    layer_norms: tuple[str, str | None, str, str | None] = (
+        "input_layernorm", None, "post_attention_layernorm", None,
+    )
+    layer_types: tuple[str, ...] = ("full_attention",)  # attention types whose pattern the engine reproduces
 
     # -- 1. the decoder stack ----------------------------------------------------------------
     def language_model(self, model: nn.Module) -> nn.Module:
@@ -75,7 +84,7 @@ class Family:
             if not hasattr(language_model, attr):
                 raise ValueError(f"{name}: its language model {lm_name} has no '{attr}'; not supported")
         for layer in language_model.layers:
-            for attr in ("input_layernorm", "self_attn", "post_attention_layernorm", "mlp"):
+            for attr in ("self_attn", "mlp", *filter(None, self.layer_norms)):
                 if not hasattr(layer, attr):
                     raise ValueError(f"{name}: decoder layer {type(layer).__name__} has no '{attr}'; not supported")
         attention = language_model.layers[0].self_attn
@@ -89,10 +98,11 @@ class Family:
                 f"attn_implementation='sdpa' or 'eager'"
             )
         layer_types = getattr(language_model.config, "layer_types", None) or []
-        if any(kind != "full_attention" for kind in layer_types):
+        unknown = sorted(set(layer_types) - set(self.layer_types))
+        if unknown:
             raise ValueError(
-                f"{name}: layers of types {sorted(set(layer_types))} (sliding windows) are not supported; "
-                "the engine reproduces full causal attention only"
+                f"{name}: layers of type {', '.join(unknown)} are not supported for this family; the engine "
+                f"reproduces {', '.join(self.layer_types)} attention"
             )
         return language_model
 
@@ -112,7 +122,7 @@ class Family:
 
     def visual_inputs(self, model: nn.Module, inputs: dict) -> VisualInputs:
         """Visual-token positions from the multimodal forward's keyword arguments."""
-        return VisualInputs(self._token_mask(model, inputs))
+        return VisualInputs(self._token_mask(model, inputs), inputs.get("attention_mask"))
 
     def _token_mask(self, model: nn.Module, inputs: dict) -> torch.Tensor | None:
         ids = self.visual_token_ids(model.config)
@@ -146,8 +156,10 @@ class Family:
             return compact_positions(valid)
         return position_ids.expand(valid.shape[0], -1).to(valid.device)[..., None]
 
-    def rotary(self, language_model: nn.Module, hidden: torch.Tensor, positions: torch.Tensor):
-        """The (cos, sin) rotary embeddings [batch, seq, head_dim] of [batch, seq, axes] positions."""
+    def rotary(self, language_model: nn.Module, hidden: torch.Tensor, positions: torch.Tensor,
+               layer_type: str = "full_attention"):
+        """The (cos, sin) rotary embeddings [batch, seq, head_dim] of [batch, seq, axes] positions,
+        for layers of ``layer_type``."""
         return language_model.rotary_emb(hidden, position_ids=positions[..., 0])
 
     # -- 5. per-visual-token additions --------------------------------------------------------------

@@ -78,5 +78,6 @@ class Qwen2_5_VL(Family):
             position_ids = position_ids[1:]
         return position_ids.permute(1, 2, 0).to(valid.device)
 
-    def rotary(self, language_model: nn.Module, hidden: torch.Tensor, positions: torch.Tensor):
+    def rotary(self, language_model: nn.Module, hidden: torch.Tensor, positions: torch.Tensor,
+               layer_type: str = "full_attention"):
         return language_model.rotary_emb(hidden, positions.permute(2, 0, 1))
