@@ -153,3 +153,39 @@ def qwen_take(inputs: dict, row: int) -> dict:
         "image_grid_thw": grids[first:last],
     }
     return out
+
+
+def gemma_inputs(model, images_per_sample, suffix_lengths, seed=0):
+    """A left-padded Gemma 3 batch: ``images_per_sample[i]`` images in sample i, each between
+    begin- and end-of-image tokens, then an instruction of ``suffix_lengths[i]`` tokens."""
+    from pilot.pruning.random_models import GEMMA_BOI, GEMMA_EOI, GEMMA_IMAGE_TOKEN
+
+    generator = torch.Generator().manual_seed(seed)
+    per_image = model.config.mm_tokens_per_image
+    size = model.config.vision_config.image_size
+    rows = []
+    for images, after in zip(images_per_sample, suffix_lengths, strict=True):
+        row = [1, 9]
+        for _ in range(images):
+            row += [GEMMA_BOI] + [GEMMA_IMAGE_TOKEN] * per_image + [GEMMA_EOI, 10]
+        rows.append(row + torch.randint(11, 60, (after,), generator=generator).tolist())
+    length = max(len(r) for r in rows)
+    input_ids = torch.tensor([[0] * (length - len(r)) + r for r in rows])
+    attention_mask = torch.tensor([[0] * (length - len(r)) + [1] * len(r) for r in rows])
+    return {
+        "input_ids": input_ids, "attention_mask": attention_mask,
+        "token_type_ids": (input_ids == GEMMA_IMAGE_TOKEN).long(),
+        "pixel_values": torch.randn(sum(images_per_sample), 3, size, size, generator=generator),
+    }
+
+
+def gemma_take(inputs: dict, images_per_sample, row: int) -> dict:
+    """One sample of a Gemma 3 batch, padding removed, with only its own images."""
+    keep = inputs["attention_mask"][row].bool()
+    first = sum(images_per_sample[:row])
+    return {
+        "input_ids": inputs["input_ids"][row : row + 1, keep],
+        "attention_mask": inputs["attention_mask"][row : row + 1, keep],
+        "token_type_ids": inputs["token_type_ids"][row : row + 1, keep],
+        "pixel_values": inputs["pixel_values"][first : first + images_per_sample[row]],
+    }

@@ -414,3 +414,50 @@ def random_smolvlm(
         image_token_id=SMOLVLM_IMAGE_TOKEN, scale_factor=scale_factor, pad_token_id=0,
     )
     return _build(getattr(transformers, f"{prefix}ForConditionalGeneration"), config, attn, dtype, device)
+
+
+GEMMA_BOI, GEMMA_EOI, GEMMA_IMAGE_TOKEN = 3, 4, 5
+
+
+def random_gemma3(
+    *,
+    layers: int = 6,
+    hidden: int = 64,
+    heads: int = 4,
+    kv_heads: int = 2,
+    vocab: int = 64,
+    sliding_window: int = 12,
+    tokens_per_image: int = 16,
+    image_size: int = 32,
+    patch: int = 4,
+    attn: str = "sdpa",
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+):
+    """A Gemma 3 with random weights: sliding-window layers (two of every three), a global layer,
+    bidirectional attention inside each image, ``tokens_per_image`` pooled tokens per image.
+
+    Token ids: pad 0, bos 1, eos 2, begin of image 3, end of image 4, image 5.
+    """
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration
+
+    torch.manual_seed(seed)
+    head_dim = hidden // heads
+    config = Gemma3Config(
+        text_config=dict(
+            vocab_size=vocab, hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
+            num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=head_dim,
+            query_pre_attn_scalar=head_dim, sliding_window=sliding_window,
+            layer_types=[("full_attention" if (i + 1) % 3 == 0 else "sliding_attention") for i in range(layers)],
+            max_position_embeddings=4096, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        ),
+        vision_config=dict(model_type="siglip_vision_model", image_size=image_size, patch_size=patch,
+                           hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2),
+        mm_tokens_per_image=tokens_per_image, boi_token_index=GEMMA_BOI, eoi_token_index=GEMMA_EOI,
+        image_token_index=GEMMA_IMAGE_TOKEN,
+    )
+    config._attn_implementation = attn
+    with torch.device(device):
+        model = Gemma3ForConditionalGeneration(config)
+    return _init_small(model, 0.08).eval().to(dtype)

@@ -16,12 +16,13 @@ from pilot.pruning.families.base import (
     per_sample_visual,
     pool_visual,
 )
+from pilot.pruning.families.gemma3 import Gemma3
 from pilot.pruning.families.llava import Llava
 from pilot.pruning.families.llava_next import LlavaNext, next_image_grids
 from pilot.pruning.families.qwen2_5_vl import Qwen2_5_VL
 from pilot.pruning.families.qwen3_vl import Qwen3VL
 
-FAMILIES: tuple[Family, ...] = (Llava(), LlavaNext(), Qwen2_5_VL(), Qwen3VL())
+FAMILIES: tuple[Family, ...] = (Llava(), LlavaNext(), Qwen2_5_VL(), Qwen3VL(), Gemma3())
 SUPPORTED_CLASSES: tuple[str, ...] = tuple(name for family in FAMILIES for name in family.classes)
 
 

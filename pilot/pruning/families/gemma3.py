@@ -1,0 +1,69 @@
+"""Gemma 3 (``Gemma3ForConditionalGeneration``).
+
+Visual tokens: each image is a SigLIP grid average-pooled to ``mm_tokens_per_image`` tokens (256
+= 16 x 16 for the released models), between begin- and end-of-image text tokens; 1-D positions.
+
+Attention in prefill, as the stock model builds it from ``token_type_ids``: causal, except that
+the tokens of one image see each other both ways; and on the sliding-window layers (five of
+every six) a query sees only the last ``sliding_window`` tokens. The engine's own masks do the
+same on each stage's tokens: image blocks follow the pruning (a kept image token still sees the
+image's other kept tokens both ways), and the window counts the tokens still present in that
+layer, as its KV cache does (a sliding layer's cache keeps its last ``sliding_window - 1``
+tokens while decoding). Local (sliding) and global layers have their own rotary bases.
+
+The decoder layer normalises each sub-module's output before the residual add, so TTV reads a
+sub-module's output after that norm (what the layer adds to the residual stream).
+
+Refused: ``use_bidirectional_attention`` (EmbeddingGemma-style encoders) and attention-logit
+soft-capping, which the engine's scoring does not reproduce.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from pilot.pruning.families.base import Family, GridSegment, VisualInputs
+
+
+class Gemma3(Family):
+    name = "gemma3"
+    classes = ("Gemma3ForConditionalGeneration",)
+    position_modes = ("compact", "original")
+    layer_norms = ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
+                   "post_feedforward_layernorm")
+    layer_types = ("full_attention", "sliding_attention")
+
+    def check(self, model: nn.Module) -> nn.Module:
+        language_model = super().check(model)
+        config = language_model.config
+        if getattr(config, "use_bidirectional_attention", False):
+            raise ValueError(f"{type(model).__name__}: use_bidirectional_attention (an encoder) is not supported")
+        if getattr(config, "attn_logit_softcapping", None):
+            raise ValueError(f"{type(model).__name__}: attention-logit soft-capping is not supported by the scoring")
+        return language_model
+
+    def visual_inputs(self, model: nn.Module, inputs: dict) -> VisualInputs:
+        from transformers.models.gemma3.modeling_gemma3 import get_block_sequence_ids_for_mask
+
+        token_type_ids = inputs.get("token_type_ids")
+        block = None
+        if token_type_ids is not None:  # as the stock model: without them, prefill is plain causal
+            block = get_block_sequence_ids_for_mask(token_type_ids, device=token_type_ids.device)
+        return VisualInputs(self._token_mask(model, inputs), inputs.get("attention_mask"), block)
+
+    def rotary(self, language_model: nn.Module, hidden: torch.Tensor, positions: torch.Tensor,
+               layer_type: str = "full_attention"):
+        return language_model.rotary_emb(hidden, positions[..., 0], layer_type)
+
+    def image_grids(self, model: nn.Module, visual_tokens: torch.Tensor, visual_positions: torch.Tensor,
+                    run_lengths: list[int]) -> list[list[GridSegment]]:
+        images = []
+        for run in run_lengths:  # one image per run of image tokens: a square pooled grid
+            side = math.isqrt(run)
+            if side * side != run:
+                raise ValueError(f"{type(model).__name__}: an image of {run} tokens is not a square grid")
+            images.append([GridSegment(0, side, side)])
+        return images
