@@ -1,9 +1,11 @@
-"""The pruning engine: strategies, scores, cost model, and ``attach`` for stock LLaVA models."""
+"""The pruning engine: strategies, scores, cost model, and ``attach`` for stock vision-language models."""
 
 from pilot.pruning.engine import PruneTrace, PruningHandle, StageTrace, attach
 from pilot.pruning.strategies import (
+    DivPrune,
     FastV,
     NoPrune,
+    PDrop,
     RandomPrune,
     Strategy,
     TokenPool,
@@ -13,6 +15,6 @@ from pilot.pruning.strategies import (
 )
 
 __all__ = [
-    "FastV", "NoPrune", "PruneTrace", "PruningHandle", "RandomPrune", "StageTrace", "Strategy",
+    "DivPrune", "FastV", "NoPrune", "PDrop", "PruneTrace", "PruningHandle", "RandomPrune", "StageTrace", "Strategy",
     "TokenPool", "TransPrune", "attach", "kept_count", "parse",
 ]

@@ -35,10 +35,8 @@ from pilot.pruning import families
 from pilot.pruning.families import VisualInputs, compact_positions
 from pilot.pruning.scores import normalise, query_attention, token_transition
 from pilot.pruning.strategies import (
-    FastV,
     RandomPrune,
     Strategy,
-    TransPrune,
     kept_count,
     parse,
 )
@@ -143,6 +141,16 @@ def _next_position(layout: _Layout) -> torch.Tensor:
     return layout.positions.masked_fill(~layout.valid[..., None], -1).amax(dim=(1, 2)) + 1
 
 
+def _run_lengths(columns: torch.Tensor) -> list[int]:
+    """Lengths of the runs of consecutive indices in ``columns`` (ascending): the visual tokens'
+    runs in a prompt, one per image (or video, or tile) between text tokens."""
+    if len(columns) == 0:
+        return []
+    breaks = (torch.nonzero(torch.diff(columns) > 1).flatten() + 1).tolist()
+    starts = [0, *breaks]
+    return [end - start for start, end in zip(starts, [*breaks, len(columns)], strict=True)]
+
+
 def _gather_visual(features: torch.Tensor, layout: _Layout) -> torch.Tensor:
     """Per-visual-index features [batch, n_visual, hidden] laid out on the layout's tokens (0 elsewhere)."""
     index = layout.visual_index.clamp_min(0)[..., None].expand(-1, -1, features.shape[-1])
@@ -193,7 +201,10 @@ class PruningHandle:
         self.layer_kinds = sorted(set(self.layer_types))
         self.sliding_window = getattr(config, "sliding_window", None)
         self.strategy = parse(strategy).resolve(self.depth)
-        self.position_mode = self.family.position_mode(model, self.strategy.position_mode)
+        requested = self.strategy.position_mode
+        if requested is None and self.strategy.preferred_positions in self.family.position_modes:
+            requested = self.strategy.preferred_positions  # the strategy's authors' numbering
+        self.position_mode = self.family.position_mode(model, requested)
         self.last_trace: PruneTrace | None = None
         # Set to a trace's ``kept`` to force the same selection (e.g. to recompute without cache).
         self.replay_kept: list[torch.Tensor] | None = None
@@ -335,6 +346,10 @@ class PruningHandle:
         )
         if strategy.pool_factor > 1:
             layout, trace.pooled_origin, additions = self._pool(layout, additions)
+        if strategy.before_lm_keep is not None:
+            keep_visual, stage_trace = self._select_diverse(layout, strategy.before_lm_keep)
+            trace.stages.append(stage_trace)
+            layout, _ = _repack(layout, (layout.valid & (layout.visual_index < 0)) | keep_visual, self.position_mode)
 
         stage_keep = dict(strategy.stages)
         last_stage_layer = max(stage_keep, default=0)
@@ -355,6 +370,7 @@ class PruningHandle:
             state.layer_stage.append(len(state.stage_valid) - 1)
             kind = self.layer_types[index]
             mask = masks[kind]
+            layer_input = layout.hidden  # FastV scores with the stage layer's own attention on it
             trace.visual_tokens_per_layer[:, index] = layout.visual.sum(dim=1).cpu()
             layer_number = index + 1  # 1-indexed, as in the schedule
             if accumulate and accumulate <= layer_number <= last_stage_layer:
@@ -369,10 +385,14 @@ class PruningHandle:
             layout.hidden = hidden
             if layer_number in stage_keep:
                 stage = len(trace.stages)
-                next_kind = self.layer_types[layer_number]  # the layer after the stage scores the tokens
+                if strategy.score_layer == "own":
+                    scoring = (self.language_model.layers[index], layer_input, embeddings[kind], self._window(kind))
+                else:  # the layer after the stage, on this layer's output
+                    next_kind = self.layer_types[layer_number]
+                    scoring = (self.language_model.layers[layer_number], layout.hidden, embeddings[next_kind],
+                               self._window(next_kind))
                 keep_visual, stage_trace = self._select(
-                    stage, layer_number, stage_keep[layer_number], layout, n_visual, ttv_sum,
-                    embeddings[next_kind], self._window(next_kind),
+                    stage, layer_number, stage_keep[layer_number], layout, n_visual, ttv_sum, scoring,
                 )
                 trace.stages.append(stage_trace)
                 keep_tokens = (layout.valid & (layout.visual_index < 0)) | keep_visual
@@ -383,13 +403,19 @@ class PruningHandle:
         self.last_trace = trace
         return layout.hidden
 
-    def _select(self, stage, layer_number, keep, layout, n_visual, ttv_sum, embeddings, window):
-        """Choose the visual tokens to keep after ``layer_number``; returns a mask and the trace."""
+    def _select(self, stage, layer_number, keep, layout, n_visual, ttv_sum, scoring):
+        """Choose the visual tokens to keep after ``layer_number``; returns a mask and the trace.
+
+        ``scoring``: (layer, hidden states, rotary embeddings, window) that the attention score
+        is computed with: the next layer on this layer's output, or (FastV) this layer on its input.
+        """
         strategy = self.strategy
         candidates = layout.visual
         length = candidates.shape[1]
         if keep is not None:
-            targets = torch.tensor([kept_count(int(n), keep) for n in n_visual.tolist()], device=candidates.device)
+            # Of the original tokens, or (PyramidDrop) of the tokens still present.
+            base = candidates.sum(dim=1) if strategy.keep_of_present else n_visual
+            targets = torch.tensor([kept_count(int(n), keep) for n in base.tolist()], device=candidates.device)
             targets = torch.minimum(targets, candidates.sum(dim=1))
         ttv = iga = None
         if self.replay_kept is not None:
@@ -407,21 +433,21 @@ class PruningHandle:
                 score[row, candidates[row].cpu()] = draws
             score = score.to(candidates.device)
         else:
-            next_layer = self.language_model.layers[layer_number]  # 0-indexed: the layer after
-            if isinstance(strategy, TransPrune):
+            if strategy.score_queries == "instruction":  # the text after the last image
                 last_visual = torch.where(candidates, torch.arange(length, device=candidates.device), -1)
                 after_image = torch.arange(length, device=candidates.device)[None, :] > last_visual.max(
                     dim=1, keepdim=True
                 ).values
                 queries = layout.valid & after_image
-            elif isinstance(strategy, FastV):
+            elif strategy.score_queries == "last":
                 queries = torch.zeros_like(candidates)
                 queries[:, -1] = True  # the last token; left padding puts it last in every row
             else:
                 raise ValueError(f"{strategy} has no in-LLM scoring")
-            received = query_attention(next_layer, layout.hidden, embeddings, layout.valid, queries, window)
+            layer, hidden, embeddings, window = scoring
+            received = query_attention(layer, hidden, embeddings, layout.valid, queries, window)
             iga = normalise(received, candidates)
-            if isinstance(strategy, TransPrune):
+            if ttv_sum is not None:  # TransPrune
                 ttv = normalise(ttv_sum, candidates)
                 score = strategy.alpha * ttv + (1.0 - strategy.alpha) * iga
             else:
@@ -449,6 +475,37 @@ class PruningHandle:
         )
         return keep_visual, stage_trace
 
+    def _select_diverse(self, layout: _Layout, keep: float):
+        """DivPrune: per image, the greedy max-min cosine-diverse ``keep`` share of its tokens."""
+        candidates = layout.visual
+        chosen = torch.zeros_like(candidates)
+        score = torch.full(candidates.shape, float("nan"))
+        if self.replay_kept is not None:
+            kept = self.replay_kept[0].to(candidates.device)
+            spare = int(layout.visual_index.max()) + 1
+            wanted = torch.zeros(candidates.shape[0], spare + 1, dtype=torch.bool, device=candidates.device)
+            wanted.scatter_(1, kept.masked_fill(kept < 0, spare), kept >= 0)
+            chosen = wanted.gather(1, layout.visual_index.clamp_min(0)) & candidates
+        else:
+            for row in range(candidates.shape[0]):
+                present = torch.nonzero(candidates[row]).flatten()
+                tokens = layout.hidden[row, present]
+                positions = layout.positions[row, present]
+                offset = 0
+                for image in self.family.image_grids(self.model, tokens, positions, _run_lengths(present)):
+                    size = sum(g.length for g in image)
+                    picked, spread = max_min_diverse(tokens[offset : offset + size], kept_count(size, keep))
+                    chosen[row, present[offset + picked]] = True
+                    score[row, present[offset : offset + size].cpu()] = spread.cpu()
+                    offset += size
+        stage_trace = StageTrace(
+            after_layer=0, keep=keep,
+            candidates=_pack_left(layout.visual_index, candidates, -1).cpu(),
+            kept=_pack_left(layout.visual_index, chosen, -1).cpu(),
+            score=_pack_left(score.to(candidates.device), candidates, float("nan")).cpu(),
+        )
+        return chosen, stage_trace
+
     def _pool(self, layout: _Layout, additions: dict[int, torch.Tensor]):
         """TokenPool: replace each image's visual tokens by their average-pooled grid.
 
@@ -469,8 +526,7 @@ class PruningHandle:
             visual_positions = positions[is_visual]  # by visual index: they are in order
             image_starts = torch.nonzero(is_visual).flatten().tolist()
             hidden_pieces, index_pieces, position_pieces, block_pieces, cursor, offset = [], [], [], [], 0, 0
-            edges = torch.diff(nn.functional.pad(is_visual.long(), (1, 1)))  # +1 where a run starts, -1 after it
-            run_lengths = (torch.nonzero(edges < 0).flatten() - torch.nonzero(edges > 0).flatten()).tolist()
+            run_lengths = _run_lengths(torch.nonzero(is_visual).flatten())
             grids = self.family.image_grids(self.model, tokens[is_visual], visual_positions, run_lengths)
             for image in grids:
                 size = sum(g.length for g in image)
@@ -548,6 +604,30 @@ class PruningHandle:
             kind = self.layer_types[index]
             hidden = self._run_layer(index, hidden, masks[stage][kind], rotary[kind], positions, cache)
         return hidden
+
+
+def max_min_diverse(tokens: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy max-min diversity (DivPrune): ``count`` of ``tokens`` [n, d], far apart in cosine distance.
+
+    The first pick is the token whose nearest other token is farthest; each next pick the token
+    farthest from its nearest pick. Returns the picked indices (ascending) and, per token, its
+    cosine distance to the nearest pick (0 for the picks themselves).
+    """
+    unit = nn.functional.normalize(tokens.float(), dim=-1)
+    distance = 1.0 - unit @ unit.T
+    n = len(tokens)
+    nearest_other = distance.masked_fill(torch.eye(n, dtype=torch.bool, device=tokens.device), float("inf"))
+    first = int(nearest_other.min(dim=1).values.argmax()) if n > 1 else 0
+    picked = [first]
+    to_nearest_pick = distance[:, first].clone()
+    to_nearest_pick[first] = float("-inf")
+    for _ in range(min(count, n) - 1):
+        choice = int(to_nearest_pick.argmax())
+        picked.append(choice)
+        to_nearest_pick = torch.minimum(to_nearest_pick, distance[:, choice])
+        to_nearest_pick[picked] = float("-inf")
+    spread = to_nearest_pick.clamp_min(0.0)
+    return torch.tensor(sorted(picked), device=tokens.device), spread
 
 
 def attach(model: nn.Module, strategy: Strategy | str) -> PruningHandle:

@@ -52,7 +52,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pilot.pruning.strategies import FastV, Strategy, TransPrune, kept_count, parse
+from pilot.pruning.strategies import Strategy, kept_count, parse
 
 LLAVA_FAMILIES = ("llava", "llava_next")
 QWEN_FAMILIES = ("qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
@@ -317,12 +317,16 @@ def visual_tokens_per_layer(
             current = pooled_count(n_visual, strategy.pool_factor, dims.patches_per_crop)
     if getattr(strategy, "mass", None):
         raise ValueError(f"{strategy}: a score-mass schedule keeps a different count per image; measure it with a run")
+    if strategy.before_lm_keep is not None:  # DivPrune; from a count alone, one image
+        current = kept_count(n_visual, strategy.before_lm_keep)
     keep_after = dict(strategy.stages)
     counts = []
     for layer in range(1, dims.layers + 1):
         counts.append(current)
         if layer in keep_after:
-            current = min(current, kept_count(n_visual, keep_after[layer]))
+            # PyramidDrop keeps a share of the tokens present; the others a share of the original.
+            base = current if strategy.keep_of_present else n_visual
+            current = min(current, kept_count(base, keep_after[layer]))
     return counts
 
 
@@ -452,10 +456,13 @@ def full_prefill_flops(
             crops = max(1, round(original / dims.patches_per_crop)) if original else 0
         total = _vision_flops(dims, crops) if crops else 0.0
     total += sum(_llm_layer_flops(dims, text_tokens + n) for n in tokens_per_layer)
-    queries = 1 if isinstance(strategy, FastV) else instruction_tokens
-    if isinstance(strategy, TransPrune | FastV):
+    if strategy.score_queries is not None:  # attention scores: the last token, or the instruction
+        queries = 1 if strategy.score_queries == "last" else instruction_tokens
         for layer, _ in strategy.stages:
             total += _score_flops(dims, strategy, text_tokens + tokens_per_layer[layer - 1], queries)
+    if strategy.before_lm_keep is not None and tokens_per_layer:  # DivPrune's cosine similarities
+        original = visual_tokens_original or tokens_per_layer[0]
+        total += 2.0 * original * original * dims.hidden
     total += 2.0 * dims.hidden * dims.vocab  # LM head, last position
     return total
 

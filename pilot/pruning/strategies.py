@@ -9,10 +9,17 @@ String forms (canonical forms round-trip: ``str(parse(s)) == s``)::
     transprune                                  paper schedule, mapped to the model's depth
     transprune:prune_after=7/9/12,keep=0.875/0.625/0.125[,accumulate_from=7][,alpha=0.5]
                [,direction=signed|absolute][,positions=compact|original]
-    fastv:after=2,keep=0.5[,positions=compact|original]
+    fastv:after=2,keep=0.5[,positions=compact|original][,score=own|next]
+    pdrop                                       PyramidDrop's stages (8/16/24 of 32), mapped to depth
+    pdrop:prune_after=8/16/24,ratio=0.5[,positions=...]
+    divprune:keep=0.25                          before the LM, greedy max-min cosine diversity per image
     random                                      paper schedule, mapped to the model's depth
     random:prune_after=7/9/12,keep=0.875/0.625/0.125[,seed=0][,positions=...]
     pool:factor=2
+
+Positions left out: the strategy's authors' numbering where the model family defines it (FastV
+keeps original positions, PDrop renumbers), else the family's default (see the families'
+adapters: compact for LLaVA, original for M-RoPE models).
 """
 
 from __future__ import annotations
@@ -24,6 +31,8 @@ from typing import ClassVar
 PAPER_DEPTH = 32
 PAPER_PRUNE_AFTER = (7, 9, 12)
 PAPER_KEEP = (0.875, 0.625, 0.125)
+PDROP_PRUNE_AFTER = (8, 16, 24)  # the end of the first three of four equal stages of a 32-layer LM
+SCORE_LAYERS = ("own", "next")
 POSITION_MODES = ("compact", "original")
 DIRECTIONS = ("signed", "absolute")
 
@@ -96,10 +105,28 @@ class Strategy:
     """
 
     kind: ClassVar[str] = ""
+    # The position numbering the strategy's authors use, when ``positions`` is not given.
+    preferred_positions: ClassVar[str | None] = None
+    # In-LLM scoring: which rows query ("instruction": the text after the last image; "last":
+    # the prompt's last token; None: no attention score) and with which layer's projections
+    # ("next": the layer after the stage; "own": the stage's layer, on its own input).
+    score_queries: ClassVar[str | None] = None
+    # Stage ratios count the tokens still present (PyramidDrop) instead of the original ones.
+    keep_of_present: ClassVar[bool] = False
 
     @property
     def stages(self) -> tuple[tuple[int, float], ...]:
         return ()
+
+    @property
+    def before_lm_keep(self) -> float | None:
+        """Fraction of each image's visual tokens selected before the LLM (DivPrune), or None."""
+        return None
+
+    @property
+    def score_layer(self) -> str:
+        """The layer whose projections score the tokens: "next" (after the stage) or "own"."""
+        return "next"
 
     @property
     def pool_factor(self) -> int:
@@ -123,7 +150,7 @@ class Strategy:
                     f"{self}: prune layer {layer} is beyond a {depth}-layer model (a stage must "
                     f"leave layers after it; use layers 1..{depth - 1}"
                     + (", or the bare name to map the paper schedule)" if self.kind in
-                       ("transprune", "random") else ")")
+                       ("transprune", "random", "pdrop") else ")")
                 )
         return self
 
@@ -148,6 +175,7 @@ class TransPrune(Strategy):
     """
 
     kind: ClassVar[str] = "transprune"
+    score_queries: ClassVar[str | None] = "instruction"
     prune_after: tuple[int, ...] = PAPER_PRUNE_AFTER
     keep: tuple[float, ...] | None = None  # None: the paper's ratios, unless ``mass`` is given
     accumulate_from: int | None = None  # None: the first prune layer (7 for the paper schedule)
@@ -219,17 +247,32 @@ class TransPrune(Strategy):
 
 @dataclass(frozen=True)
 class FastV(Strategy):
-    """FastV: after layer ``after``, keep the visual tokens the last token attends to most."""
+    """FastV as published: after layer ``after``, keep the visual tokens that the prompt's last
+    token attends to most in the attention map layer ``after`` itself computed (its own input,
+    heads averaged); kept tokens keep their original positions.
+
+    ``score="next"`` scores with the next layer's projections instead (what this project did
+    before; stored runs from then say so), ``positions="compact"`` renumbers.
+    """
 
     kind: ClassVar[str] = "fastv"
+    preferred_positions: ClassVar[str | None] = "original"
+    score_queries: ClassVar[str | None] = "last"
     after: int = 2
     keep: float = 0.5
-    positions: str | None = None  # None: the model family's default
+    positions: str | None = None  # None: original (the authors'), where the family allows it
+    score: str = "own"  # the attention map of the stage's own layer ("own") or the next one's
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "keep", float(self.keep))
         _check_schedule((int(self.after),), (self.keep,), "fastv")
         _check_positions(self.positions, "fastv")
+        if self.score not in SCORE_LAYERS:
+            raise ValueError(f"fastv: score={self.score!r}; use one of {SCORE_LAYERS}")
+
+    @property
+    def score_layer(self) -> str:
+        return self.score
 
     @property
     def stages(self) -> tuple[tuple[int, float], ...]:
@@ -237,7 +280,76 @@ class FastV(Strategy):
 
     def __str__(self) -> str:
         parts = [f"after={self.after}", f"keep={_fmt_float(self.keep)}"]
-        return "fastv:" + ",".join(parts + _extras(self, {"positions": None}))
+        return "fastv:" + ",".join(parts + _extras(self, {"positions": None, "score": "own"}))
+
+
+@dataclass(frozen=True)
+class PDrop(Strategy):
+    """PyramidDrop: after each of ``prune_after`` keep ``ratio`` of the visual tokens still
+    present (0.5: 50%, 25%, 12.5% of the original after three stages), top-k by the attention
+    the prompt's last token pays them under the next layer's projections; positions renumbered
+    after each drop, as the authors' code does. The bare ``pdrop`` maps the paper's 8/16/24 of
+    32 layers onto the model's depth.
+    """
+
+    kind: ClassVar[str] = "pdrop"
+    preferred_positions: ClassVar[str | None] = "compact"
+    score_queries: ClassVar[str | None] = "last"
+    keep_of_present: ClassVar[bool] = True
+    prune_after: tuple[int, ...] = PDROP_PRUNE_AFTER
+    ratio: float = 0.5
+    positions: str | None = None  # None: compact (the authors'), where the family allows it
+    paper_schedule: bool = field(default=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "prune_after", tuple(int(v) for v in self.prune_after))
+        object.__setattr__(self, "ratio", float(self.ratio))
+        _check_schedule(self.prune_after, (self.ratio,) * len(self.prune_after), "pdrop")
+        _check_positions(self.positions, "pdrop")
+
+    @property
+    def stages(self) -> tuple[tuple[int, float], ...]:
+        """(layer, ratio): each stage keeps ``ratio`` of the tokens present before it."""
+        return tuple((layer, self.ratio) for layer in self.prune_after)
+
+    def resolve(self, depth: int) -> Strategy:
+        if self.paper_schedule:
+            return PDrop(prune_after=map_layers_to_depth(PDROP_PRUNE_AFTER, depth), ratio=self.ratio,
+                         positions=self.positions)
+        return super().resolve(depth)
+
+    def __str__(self) -> str:
+        extras = _extras(self, {"positions": None})
+        if self.paper_schedule:
+            ratio = [] if self.ratio == 0.5 else [f"ratio={_fmt_float(self.ratio)}"]
+            return "pdrop" + (":" + ",".join(ratio + extras) if ratio or extras else "")
+        parts = [f"prune_after={_fmt_tuple(self.prune_after)}", f"ratio={_fmt_float(self.ratio)}"]
+        return "pdrop:" + ",".join(parts + extras)
+
+
+@dataclass(frozen=True)
+class DivPrune(Strategy):
+    """DivPrune: before the LLM, per image, keep ``keep`` of its visual tokens chosen greedily to
+    be as different from each other as possible (max-min cosine distance); no attention, no text.
+    The shorter sequence is numbered compactly, as when the image gave fewer tokens."""
+
+    kind: ClassVar[str] = "divprune"
+    preferred_positions: ClassVar[str | None] = "compact"
+    keep: float = 0.25
+    positions: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "keep", float(self.keep))
+        if not 0.0 < self.keep <= 1.0:
+            raise ValueError(f"divprune: keep={self.keep} must be in (0, 1]; it is the fraction of each image kept")
+        _check_positions(self.positions, "divprune")
+
+    @property
+    def before_lm_keep(self) -> float | None:
+        return self.keep
+
+    def __str__(self) -> str:
+        return "divprune:" + ",".join([f"keep={_fmt_float(self.keep)}", *_extras(self, {"positions": None})])
 
 
 @dataclass(frozen=True)
@@ -320,13 +432,15 @@ def _extras(strategy: Strategy, defaults: dict) -> list[str]:
 _FIELDS: dict[str, dict[str, type]] = {
     "transprune": {"prune_after": tuple[int], "keep": tuple[float], "mass": tuple[float], "accumulate_from": int,
                    "alpha": float, "direction": str, "positions": str},
-    "fastv": {"after": int, "keep": float, "positions": str},
+    "fastv": {"after": int, "keep": float, "positions": str, "score": str},
+    "pdrop": {"prune_after": tuple[int], "ratio": float, "positions": str},
+    "divprune": {"keep": float, "positions": str},
     "random": {"prune_after": tuple[int], "keep": tuple[float], "seed": int, "positions": str},
     "pool": {"factor": int},
     "baseline": {},
 }
-_CLASSES = {"transprune": TransPrune, "fastv": FastV, "random": RandomPrune, "pool": TokenPool,
-            "baseline": NoPrune}
+_CLASSES = {"transprune": TransPrune, "fastv": FastV, "pdrop": PDrop, "divprune": DivPrune, "random": RandomPrune,
+            "pool": TokenPool, "baseline": NoPrune}
 _ALIASES = {"none": "baseline", "noprune": "baseline", "tokenpool": "pool", "randomprune": "random"}
 
 
@@ -350,8 +464,8 @@ def parse(text: str | Strategy) -> Strategy:
     kind = _ALIASES.get(kind.lower(), kind.lower())
     if kind not in _CLASSES:
         raise ValueError(
-            f"unknown strategy {text!r}; use one of: baseline, transprune[:...], fastv[:...], "
-            "random[:...], pool[:factor=N]"
+            f"unknown strategy {text!r}; use one of: baseline, transprune[:...], fastv[:...], pdrop[:...], "
+            "divprune[:keep=F], random[:...], pool[:factor=N]"
         )
     fields = _FIELDS[kind]
     kwargs: dict = {}
@@ -363,6 +477,11 @@ def parse(text: str | Strategy) -> Strategy:
         if name in kwargs:
             raise ValueError(f"{kind}: setting {name!r} given twice in {text!r}")
         kwargs[name] = _convert(kind, name, raw, fields[name])
+    if kind == "pdrop":
+        if ("prune_after" in kwargs) != ("ratio" in kwargs) and "prune_after" in kwargs:
+            raise ValueError("pdrop: an explicit prune_after needs its ratio (e.g. prune_after=8/16/24,ratio=0.5)")
+        if "prune_after" not in kwargs:
+            kwargs["paper_schedule"] = True
     if kind in ("transprune", "random"):
         ratios = "keep" in kwargs or "mass" in kwargs
         has_schedule = "prune_after" in kwargs or ratios
