@@ -327,7 +327,7 @@ def disagreement_section(info: dict, report: dict, samples: pd.DataFrame) -> Non
                 st.caption("Image not found (the run's manifest is not readable from here).")
                 continue
             pictures, captions, note = charts.kept_overlays(path, row.visual_tokens, row.kept_indices, row.strategy,
-                                                            row.tokens_per_layer)
+                                                            row.tokens_per_layer, image_grids=row.image_grids)
             if note:
                 st.image(str(path), caption="input", width=150)
                 st.caption(note)

@@ -244,59 +244,125 @@ def stage_captions(tokens_per_layer: Sequence[int] | None, stages: int) -> list[
     return [f"after layer {after[k]}" if k < len(after) else f"stage {k + 1}" for k in range(stages)]
 
 
-def _square(image: Image.Image, size: int) -> Image.Image:
-    return image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
+def token_grids(visual_tokens: Any, image_grids: Any = None) -> tuple[list[tuple[int, int, bool]] | None, str | None]:
+    """The grids of one sample's visual tokens, in order, as ``(rows, cols, newline)``, or None and why not.
 
-
-def overlay(image: Image.Image, side: int, kept: Sequence[int], window: int = 1, cell: int | None = None,
-            outline: tuple[int, int, int] = (255, 214, 0)) -> Image.Image:
-    """``image`` resized to a square ``side`` × ``side`` grid: dropped patches dimmed, kept ones outlined.
-
-    ``kept`` holds token indices (row = i // side, column = i % side); with ``window`` > 1 each index is the
-    top-left patch of a ``window`` × ``window`` pooled block, and the whole block is outlined.
+    ``image_grids`` is what the runner stores per sample: ``[rows, cols]`` per image (Qwen: its merged-patch
+    grid of the resized image; LLaVA: a square), ``[rows, cols, 1]`` for a grid whose rows each end with a
+    newline token (LLaVA-NeXT's high-resolution grid). Runs stored without it get one square grid when the
+    token count is a square.
     """
-    cell = cell or max(8, 224 // side)
-    size = side * cell
-    picture = _square(image, size)
-    covered = [[False] * side for _ in range(side)]
+    if image_grids:
+        grids = []
+        for grid in image_grids if isinstance(image_grids, list | tuple) else []:
+            values = [finite_number(v) for v in grid] if isinstance(grid, list | tuple) else []
+            if len(values) not in (2, 3) or any(v is None or v != int(v) or v < 0 for v in values):
+                return None, f"Stored image grids {image_grids!r} are not [rows, cols] pairs: no patch overlay."
+            rows, cols = int(values[0]), int(values[1])
+            if rows and cols:
+                grids.append((rows, cols, len(values) == 3 and bool(values[2])))
+        total = sum(rows * (cols + int(newline)) for rows, cols, newline in grids)
+        n = finite_number(visual_tokens)
+        if not grids or (n is not None and int(n) != total):
+            return None, f"{visual_tokens} visual tokens do not match the stored image grids {image_grids}: no overlay."
+        return grids, None
+    side = grid_side(visual_tokens)
+    if side is None:
+        return None, (f"{visual_tokens} visual tokens do not form a square grid (LLaVA-NeXT tiles): "
+                      "no patch overlay.")
+    return [(side, side, False)], None
+
+
+def _shape(side: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(side, int):
+        return side, side
+    rows, cols = side
+    return int(rows), int(cols)
+
+
+def _cell(rows: int, cols: int, cell: int | None) -> int:
+    return cell or max(8, 224 // max(rows, cols))
+
+
+def _square(image: Image.Image, size: int, width: int | None = None) -> Image.Image:
+    """``image`` resized to ``width`` x ``size`` pixels (a square ``size`` by default)."""
+    return image.convert("RGB").resize((width or size, size), Image.Resampling.BICUBIC)
+
+
+def overlay(image: Image.Image, side: int | Sequence[int], kept: Sequence[int], window: int = 1,
+            cell: int | None = None, outline: tuple[int, int, int] = (255, 214, 0)) -> Image.Image:
+    """``image`` resized to a ``side`` grid of tokens: dropped patches dimmed, kept ones outlined.
+
+    ``side`` is the side of a square grid or ``(rows, cols)`` (a dynamic-resolution image: the picture is
+    ``cols * cell`` wide and ``rows * cell`` high). ``kept`` holds token indices (row = i // cols, column =
+    i % cols); with ``window`` > 1 each index is the top-left patch of a ``window`` × ``window`` pooled block,
+    and the whole block is outlined.
+    """
+    rows, cols = _shape(side)
+    cell = _cell(rows, cols, cell)
+    height, width = rows * cell, cols * cell
+    picture = _square(image, height, width)
+    covered = [[False] * cols for _ in range(rows)]
     for index in kept:
-        r, c = divmod(int(index), side)
+        r, c = divmod(int(index), cols)
         for dr in range(window):
             for dc in range(window):
-                if 0 <= r + dr < side and 0 <= c + dc < side:
+                if 0 <= r + dr < rows and 0 <= c + dc < cols:
                     covered[r + dr][c + dc] = True
-    shade = Image.new("RGB", (size, size), (0, 0, 0))
+    shade = Image.new("RGB", (width, height), (0, 0, 0))
     dimmed = Image.blend(picture, shade, 0.72)
-    mask = Image.new("L", (size, size), 0)
+    mask = Image.new("L", (width, height), 0)
     mask_draw = ImageDraw.Draw(mask)
-    for r in range(side):
-        for c in range(side):
+    for r in range(rows):
+        for c in range(cols):
             if covered[r][c]:
                 mask_draw.rectangle([c * cell, r * cell, (c + 1) * cell - 1, (r + 1) * cell - 1], fill=255)
     out = Image.composite(picture, dimmed, mask)
     draw = ImageDraw.Draw(out)
     for index in kept:
-        r, c = divmod(int(index), side)
-        w = min(window, side - r, side - c)
-        draw.rectangle([c * cell, r * cell, (c + w) * cell - 1, (r + w) * cell - 1], outline=outline, width=1)
+        r, c = divmod(int(index), cols)
+        if r >= rows:
+            continue
+        h, w = min(window, rows - r), min(window, cols - c)
+        draw.rectangle([c * cell, r * cell, (c + w) * cell - 1, (r + h) * cell - 1], outline=outline, width=1)
+    return out
+
+
+def split_by_grid(indices: Sequence[int], grids: Sequence[tuple[int, int, bool]]) -> list[list[int]]:
+    """A sample's visual-token indices as cell indices (row * cols + col) of each grid; newline tokens left out."""
+    out: list[list[int]] = [[] for _ in grids]
+    starts, start = [], 0
+    for rows, cols, newline in grids:
+        starts.append(start)
+        start += rows * (cols + int(newline))
+    for index in indices:
+        index = int(index)
+        for k, (rows, cols, newline) in enumerate(grids):
+            local = index - starts[k]
+            if 0 <= local < rows * (cols + int(newline)):
+                r, c = divmod(local, cols + int(newline))
+                if c < cols:
+                    out[k].append(r * cols + c)
+                break
     return out
 
 
 def kept_overlays(image_path: str | Path, visual_tokens: Any, kept_indices: Any, strategy: str,
-                  tokens_per_layer: Sequence[int] | None = None, cell: int | None = None,
+                  tokens_per_layer: Sequence[int] | None = None, cell: int | None = None, image_grids: Any = None,
                   ) -> tuple[list[Image.Image], list[str], str | None]:
     """Pictures of what a pruned arm kept of one sample: ``(images, captions, note)``.
 
-    The input (resized to the square the processor sees), then one picture per pruning stage (dimmed = dropped,
-    outlined = kept); for a pooling arm one picture of the pooled windows. ``note`` explains why there is no
-    picture (non-square token count, no stored indices, missing image).
+    The input (resized to the grid the processor sees: a square for LLaVA, the resized image's rows x cols of
+    merged patches for Qwen), then one picture per pruning stage and grid (dimmed = dropped, outlined = kept);
+    for a pooling arm one picture per grid of the pooled windows. ``image_grids`` are the grids the runner
+    stored for the sample (see ``token_grids``); without them the tokens must form one square. ``note``
+    explains why there is no picture (no grid, no stored indices, missing image).
     """
     from dashboard.data import pool_factor
 
-    side = grid_side(visual_tokens)
-    if side is None:
-        return [], [], (f"{visual_tokens} visual tokens do not form a square grid (LLaVA-NeXT tiles): "
-                        "no patch overlay.")
+    grids, note = token_grids(visual_tokens, image_grids)
+    if grids is None:
+        return [], [], note
     stages = [list(s) for s in (kept_indices or []) if isinstance(s, list | tuple)]
     if not stages:
         return [], [], "No kept indices stored for this arm (no pruning stage)."
@@ -305,13 +371,22 @@ def kept_overlays(image_path: str | Path, visual_tokens: Any, kept_indices: Any,
             image = opened.convert("RGB")
     except (OSError, ValueError) as error:
         return [], [], f"Image not available ({error})."
-    total = side * side
-    first = _square(image, side * (cell or max(8, 224 // side)))
+    total = sum(rows * (cols + int(newline)) for rows, cols, newline in grids)
+    rows, cols, _ = grids[0]
+    first = _square(image, rows * _cell(rows, cols, cell), cols * _cell(rows, cols, cell))
+    pictures, labels = [first], [f"input: {total} tokens"]
+
+    def where(k: int) -> str:
+        return f" · grid {k + 1}/{len(grids)}" if len(grids) > 1 else ""
+
     factor = pool_factor(strategy)
     if factor:
-        picture = overlay(image, side, stages[0], window=factor, cell=cell)
-        return [first, picture], [f"input: {total} tokens", f"pooled {factor}×{factor}: {len(stages[0])} tokens"], None
-    captions = stage_captions(tokens_per_layer, len(stages))
-    pictures = [overlay(image, side, stage, cell=cell) for stage in stages]
-    labels = [f"{cap}: {len(stage)} kept" for cap, stage in zip(captions, stages, strict=True)]
-    return [first, *pictures], [f"input: {total} tokens", *labels], None
+        for k, cells in enumerate(split_by_grid(stages[0], grids)):
+            pictures.append(overlay(image, grids[k][:2], cells, window=factor, cell=cell))
+            labels.append(f"pooled {factor}×{factor}{where(k)}: {len(cells)} tokens")
+        return pictures, labels, None
+    for caption, stage in zip(stage_captions(tokens_per_layer, len(stages)), stages, strict=True):
+        for k, cells in enumerate(split_by_grid(stage, grids)):
+            pictures.append(overlay(image, grids[k][:2], cells, cell=cell))
+            labels.append(f"{caption}{where(k)}: {len(cells)} kept")
+    return pictures, labels, None

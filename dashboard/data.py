@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
 from pilot.metrics import budget_verdict
+from pilot.plan import plan_comparison
 from pilot.report import finite_number
 from pilot.store import models as db
 from pilot.store.session import DEFAULT_URL, normalise_url
@@ -203,18 +204,26 @@ def stamp(info: dict) -> tuple:
 
 SAMPLE_COLUMNS = ("sample_id", "label", "prediction", "answer_text", "correct", "prefill_ms", "total_ms",
                   "batch_size", "paper_tflops", "full_tflops", "visual_tokens", "visual_tokens_kept",
-                  "tokens_per_layer", "kept_indices", "peak_memory_mb", "error")
+                  "tokens_per_layer", "kept_indices", "image_grids", "peak_memory_mb", "error")
+# Columns added by later revisions: a store the dashboard reads without upgrading it may lack them (None then).
+LATER_COLUMNS = ("image_grids",)
 
 
 def load_samples(engine: Engine, run_id: int) -> pd.DataFrame:
     """Every stored result of a run, one row per (arm, sample), with the arm's name, strategy and position."""
-    columns = [getattr(db.SampleResult, c) for c in SAMPLE_COLUMNS]
+    present = {c["name"] for c in inspect(engine).get_columns(db.SampleResult.__tablename__)}
+    names = [c for c in SAMPLE_COLUMNS if c in present or c not in LATER_COLUMNS]
+    columns = [getattr(db.SampleResult, c) for c in names]
     with reader(engine)() as session:
         rows = session.execute(
             select(db.Arm.name, db.Arm.strategy, db.Arm.position, *columns)
             .join(db.Arm, db.SampleResult.arm_id == db.Arm.id)
             .where(db.Arm.run_id == run_id).order_by(db.Arm.position, db.SampleResult.sample_id)).all()
-    return pd.DataFrame(rows, columns=["arm", "strategy", "position", *SAMPLE_COLUMNS])
+    frame = pd.DataFrame(rows, columns=["arm", "strategy", "position", *names])
+    for name in SAMPLE_COLUMNS:
+        if name not in frame:
+            frame[name] = None
+    return frame[["arm", "strategy", "position", *SAMPLE_COLUMNS]]
 
 
 def normalise_prediction(prediction: Any, labels: Sequence[str]) -> str | None:
@@ -229,10 +238,10 @@ def disagreements(samples: pd.DataFrame, pruned_arm: str, labels: Sequence[str],
     """Samples where ``pruned_arm`` answers differently from the baseline (both without error), baseline order.
 
     Columns: sample_id, label, baseline, pruned (normalised answers), baseline_text, pruned_text, baseline_correct,
-    pruned_correct, visual_tokens, kept_indices, tokens_per_layer, strategy.
+    pruned_correct, visual_tokens, kept_indices, tokens_per_layer, strategy, image_grids.
     """
     columns = ["sample_id", "label", "baseline", "pruned", "baseline_text", "pruned_text", "baseline_correct",
-               "pruned_correct", "visual_tokens", "kept_indices", "tokens_per_layer", "strategy"]
+               "pruned_correct", "visual_tokens", "kept_indices", "tokens_per_layer", "strategy", "image_grids"]
     if samples.empty:
         return pd.DataFrame(columns=columns)
     if baseline_arm is None:
@@ -256,6 +265,7 @@ def disagreements(samples: pd.DataFrame, pruned_arm: str, labels: Sequence[str],
             "baseline_correct": bool(b == base.label), "pruned_correct": bool(p == other.label),
             "visual_tokens": other.visual_tokens, "kept_indices": other.kept_indices,
             "tokens_per_layer": other.tokens_per_layer, "strategy": other.strategy,
+            "image_grids": getattr(other, "image_grids", None),
         })
     return pd.DataFrame(out, columns=columns)
 
@@ -392,6 +402,7 @@ class Verdict:
     label: str
     text: str
     detail: dict
+    plan: Mapping[str, Any] | None = None  # pilot.plan.plan_comparison: the paired samples the verdict needs
 
 
 def verdict(arm: Mapping[str, Any], max_drop: float, metric: str = "f1") -> Verdict:
@@ -408,15 +419,22 @@ def verdict(arm: Mapping[str, Any], max_drop: float, metric: str = "f1") -> Verd
     change = (f"{name} drop {pts(v['drop'], signed=False)}" if v["drop"] >= 0
               else f"{name} rises by {pts(-v['drop'], signed=False)}")
     high = pts(v["drop_ci_high"], signed=False) if v["drop_ci_high"] is not None else MISSING
+    plan = plan_comparison(comparison, max_drop, key)
     if v["met_with_confidence"]:
         return Verdict("met_with_confidence", "Budget met with confidence",
-                       f"{change}; even the 95% upper bound of the drop ({high}) is within the budget of {budget}.", v)
+                       f"{change}; even the 95% upper bound of the drop ({high}) is within the budget of {budget}.", v,
+                       plan)
     if v["met"]:
+        settle = "more samples would settle it."
+        if plan["more_needed"]:
+            settle = (f"label about {plan['more_needed']:,} more images ({plan['samples_needed']:,} paired samples in "
+                      "all) to settle it, if the observed drop and discordance hold.")
         return Verdict("met", "Budget met (not yet with confidence)",
                        f"{change}, within the budget of {budget}, but the 95% upper bound of the drop is {high}: "
-                       "more samples would settle it.", v)
+                       f"{settle}", v, plan)
     return Verdict("not_met", "Budget not met",
-                   f"{change} (95% upper bound {high}) exceeds the budget of {budget}.", v)
+                   f"{change} (95% upper bound {high}) exceeds the budget of {budget}; the observed drop is over it, "
+                   "so more samples will not show it met.", v, plan)
 
 
 @dataclass(frozen=True)

@@ -4,25 +4,29 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 
 def _flops(args: argparse.Namespace) -> int:
-    from pilot.pruning.flops import estimate, load_dims
+    from pilot.pruning.flops import default_visual_tokens, estimate, load_dims
 
     dims = load_dims(args.model_config)
-    result = estimate(dims, args.visual_tokens, args.strategy, args.text_tokens, args.instruction_tokens)
+    # Without --visual-tokens: one typical image of the family (LLaVA 576, LLaVA-NeXT 2880, Qwen 1024).
+    visual_tokens = args.visual_tokens if args.visual_tokens is not None else default_visual_tokens(dims)
+    result = estimate(dims, visual_tokens, args.strategy, args.text_tokens, args.instruction_tokens)
     if args.json:
         print(json.dumps(result))
         return 0
+    tower = "vision tower, patch merger" if dims.dynamic_resolution else "vision tower, projector"
     print(f"strategy              {result['strategy']}")
-    print(f"visual tokens         {args.visual_tokens} (per layer: {result['visual_tokens_per_layer']})")
+    print(f"visual tokens         {visual_tokens} (per layer: {result['visual_tokens_per_layer']})")
     print(f"paper TFLOPs          {result['baseline_tflops']:.2f} -> {result['pruned_tflops']:.2f} "
           f"({result['pruned_tflops'] / result['baseline_tflops']:.1%}; Eq. 7, visual tokens only)")
     print(f"full prefill TFLOPs   {result['full_baseline_tflops']:.2f} -> {result['full_pruned_tflops']:.2f} "
           f"({result['full_pruned_tflops'] / result['full_baseline_tflops']:.1%}; "
-          f"{args.text_tokens} text tokens, vision tower, projector, LM head)")
+          f"{args.text_tokens} text tokens, {tower}, LM head)")
     return 0
 
 
@@ -48,7 +52,8 @@ def _run(args: argparse.Namespace) -> int:
     data.update({key: value for key, value in overrides.items() if value is not None})
     settings = RunSettings.from_dict(data, args.study or "flags")
     try:
-        report = execute(settings, db_url=args.db, name=name, resume=args.resume, progress=not args.json)
+        report = execute(settings, db_url=args.db, name=name, resume=args.resume,
+                         progress=not args.json and sys.stderr.isatty())
     except KeyboardInterrupt:
         return 130
     print(json.dumps(report) if args.json else format_report(report))
@@ -63,7 +68,27 @@ def _report(args: argparse.Namespace) -> int:
     sessions = open_store(args.db)
     with sessions() as session:
         report = build_report(session, find_run(session, args.run).id)
-    print(json.dumps(report) if args.json else format_report(report))
+    print(json.dumps(report) if args.json else format_report(report, args.max_drop, args.metric))
+    return 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from pilot.plan import plan_report, plan_rows, plan_sentence
+    from pilot.report import format_plan
+    from pilot.store import open_store
+    from pilot.summaries import build_report, find_run
+
+    sessions = open_store(args.db)
+    with sessions() as session:
+        report = build_report(session, find_run(session, args.run).id)
+    plans = plan_report(report, args.max_drop, args.metric)
+    if args.json:
+        print(json.dumps(plan_rows(plans)))
+        return 0
+    print(f"Run {report['run_id']}: {report['name']}")
+    print("\n".join(format_plan(plans, args.max_drop, args.metric)) if plans else "(no pruned arm)")
+    for plan in plans:
+        print(f"\n{plan['strategy']}: {plan_sentence(plan)}")
     return 0
 
 
@@ -109,21 +134,13 @@ def _tune(args: argparse.Namespace) -> int:
         seed=args.seed, heldout_fraction=args.heldout_fraction, batch_size=args.batch_size, device=args.device,
         dtype=args.dtype, limit=args.limit, max_new_tokens=args.max_new_tokens,
     )
-    result = tune(settings, db_url=args.db, progress=not args.json)
+    result = tune(settings, db_url=args.db, progress=not args.json and sys.stderr.isatty(), verbose=args.verbose)
     if args.json:
         print(json.dumps(result))
         return 0
-    print(f"study {result['study']}: {result['trials']} trials ({result['pruned']} pruned early)")
-    if result["recommended"]:
-        held = result["heldout"]
-        print(f"recommended: {result['recommended']}")
-        print(f"held-out (run {held['run_id']}): macro-F1 {held['baseline_f1_macro']:.3f} -> {held['f1_macro']:.3f} "
-              f"(drop {held['f1_drop']:+.3f}, 95% upper end {held['f1_drop_ci_high']:+.3f}, budget "
-              f"{result['max_drop']}), paper TFLOPs x{held['paper_tflops_ratio']:.3f}, "
-              f"prefill x{held['prefill_ratio']:.3f}")
-        print(f"run it: {result['how_to_run']}")
-    else:
-        print(result.get("message", "no recommendation"))
+    from tuner.select import format_summary
+
+    print(format_summary(result))
     return 0
 
 
@@ -145,8 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     flops = commands.add_parser("flops", help="TFLOPs of a strategy for a model config (paper and full prefill)")
     flops.add_argument("--model-config", required=True,
-                       help="config.json, a checkpoint folder, or a preset: llava-1.5-7b, llava-next-7b")
-    flops.add_argument("--visual-tokens", type=int, required=True, help="visual tokens of one image (576, 2880)")
+                       help="config.json, a checkpoint folder, or a preset: llava-1.5-7b, llava-next-7b, "
+                            "qwen2.5-vl-7b, qwen3-vl-8b")
+    flops.add_argument("--visual-tokens", type=int,
+                       help="visual tokens of one image as the LLM gets them (Qwen: after the 2x2 merge); "
+                            "default 576 for LLaVA, 2880 for LLaVA-NeXT, 1024 for Qwen")
     flops.add_argument("--strategy", default="transprune", help="strategy string, e.g. fastv:after=2,keep=0.5")
     flops.add_argument("--text-tokens", type=int, default=64, help="text tokens of the prompt (full figure)")
     flops.add_argument("--instruction-tokens", type=int, default=24, help="prompt tokens after the image")
@@ -155,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="replay a dataset through the baseline and pruned arms")
     run.add_argument("study", nargs="?", help="YAML study file with the same settings (flags override it)")
-    run.add_argument("--model", help="local LLaVA / LLaVA-NeXT checkpoint folder (default: the embedded demo)")
+    run.add_argument("--model", help="local checkpoint folder: LLaVA-1.5, LLaVA-NeXT, Qwen2.5-VL, Qwen3-VL "
+                                     "(default: the embedded demo)")
     run.add_argument("--dataset", help="manifest.csv / .jsonl (default: the demo dataset)")
     run.add_argument("--arm", action="append", help="strategy string; repeat (default: baseline, transprune)")
     run.add_argument("--name", help="run name (rerunning a name resumes it)")
@@ -175,7 +196,17 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run", help="run id or name")
     report.add_argument("--db")
     report.add_argument("--json", action="store_true")
+    report.add_argument("--max-drop", type=float, default=0.01, help="budget for the samples-needed table")
+    report.add_argument("--metric", default="f1", choices=["f1", "f1_macro", "accuracy"])
     report.set_defaults(func=_report)
+
+    plan = commands.add_parser("plan", help="paired samples each pruned arm's verdict needs, for a budget")
+    plan.add_argument("run", help="run id or name")
+    plan.add_argument("--max-drop", type=float, required=True, help="budget: largest allowed drop (0.01 = 1 pt)")
+    plan.add_argument("--metric", default="f1", choices=["f1", "f1_macro", "accuracy"])
+    plan.add_argument("--db")
+    plan.add_argument("--json", action="store_true", help="print one JSON list, one object per pruned arm")
+    plan.set_defaults(func=_plan)
 
     runs = commands.add_parser("runs", help="list runs")
     runs.add_argument("--db")
@@ -216,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune_parser.add_argument("--dtype", default="float32")
     tune_parser.add_argument("--db")
     tune_parser.add_argument("--json", action="store_true")
+    tune_parser.add_argument("--verbose", action="store_true", help="Optuna's own per-trial log lines too")
     tune_parser.set_defaults(func=_tune)
 
     dashboard = commands.add_parser("dashboard", help="the decision makers' dashboard (Streamlit)")
@@ -234,6 +266,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # No weight-loading or download progress bars (read when transformers / huggingface_hub are imported, which
+    # the commands do lazily, after this); the runner's own bar shows on a terminal only.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, RuntimeError) as error:

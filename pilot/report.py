@@ -79,7 +79,40 @@ def _tokens(value) -> str:
 
 
 def _short(name: str, width: int = _ARM_MAX) -> str:
-    return name if len(name) <= width else name[: width - 1] + "~"
+    """``name`` in at most ``width`` characters: the middle gives way to "~", so the strategy's family and its
+    last options stay visible (``fastv:aft~=original``)."""
+    if len(name) <= width:
+        return name
+    head = (width - 1) // 2
+    tail = width - 1 - head
+    return name[:head] + "~" + name[len(name) - tail:]
+
+
+def arm_labels(names: Sequence[str], width: int = _ARM_MAX) -> dict[str, str]:
+    """A distinct table label of at most ``width`` characters per arm name: the name when it fits, else shortened
+    by ``_short``; shortened names that would still coincide (they differ only in the middle) are numbered,
+    ``transpru~original[1]``, ``[2]``: the report lists every shortened name in full below its tables."""
+    labels = {name: _short(name, width) for name in dict.fromkeys(names)}
+    groups: dict[str, list[str]] = {}
+    for name, label in labels.items():
+        groups.setdefault(label, []).append(name)
+    for group in groups.values():
+        if len(group) > 1:
+            for number, name in enumerate(group, 1):
+                mark = f"[{number}]"
+                labels[name] = _short(name, width - len(mark)) + mark
+    return labels
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    """``text`` in lines of at most ``width`` characters, broken after commas where possible."""
+    lines: list[str] = []
+    rest = text
+    while len(rest) > width:
+        cut = rest.rfind(",", 0, width) + 1 or width
+        lines.append(rest[:cut])
+        rest = rest[cut:]
+    return [*lines, rest]
 
 
 # ---------------------------------------------------------------- tables
@@ -189,13 +222,32 @@ def _cost_columns() -> list[tuple[str, _Cell]]:
     ]
 
 
+def _names(arms: list[dict]) -> dict[str, str]:
+    return arm_labels([str(a.get("name", MISSING)) for a in arms])
+
+
 def _arm_table(arms: list[dict], columns: list[tuple[str, _Cell]]) -> list[str]:
     headers = ["arm", *(h for h, _ in columns)]
+    names = _names(arms)
     rows = []
     for arm in arms:
         vs = arm.get("vs_baseline") or {}
-        rows.append([_short(str(arm.get("name", MISSING))), *(cell(arm, vs) for _, cell in columns)])
+        rows.append([names[str(arm.get("name", MISSING))], *(cell(arm, vs) for _, cell in columns)])
     return _table(headers, rows, [False] + [True] * len(columns))
+
+
+def _legend(arms: list[dict], width: int = WIDTH) -> list[str]:
+    """Full names of the arms whose table label is shortened (long names wrap onto further lines)."""
+    names = _names(arms)
+    short = {name: label for name, label in names.items() if label != name}
+    if not short:
+        return []
+    room = max(20, width - max(len(label) for label in short.values()) - len(GAP))
+    rows = []
+    for name, label in short.items():
+        parts = _wrap(name, room)
+        rows += [[label, parts[0]], *(["", part] for part in parts[1:])]
+    return ["Arm names in full", *_render(["arm", "full name"], rows, [False, False])]
 
 
 def _per_class(arms: list[dict]) -> list[str]:
@@ -206,13 +258,42 @@ def _per_class(arms: list[dict]) -> list[str]:
                 labels.append(label)
     if not labels:
         return []
-    headers = ["class", *(_short(str(a.get("name", MISSING))) for a in arms)]
+    names = _names(arms)
+    headers = ["class", *(names[str(a.get("name", MISSING))] for a in arms)]
     rows = [[label, *(_fixed((a.get("f1_per_class") or {}).get(label)) for a in arms)] for label in labels]
     return _table(headers, rows, [False] + [True] * len(arms))
 
 
-def format_report(report: dict) -> str:
-    """The run's report as aligned plain-text tables: quality, compute and latency, per-class F1."""
+_PLAN_NOTES = {"met": "met with confidence", "will_not_help": "drop >= budget: more samples will not help",
+               "assumes": "if the drop and its spread hold", "no_pairs": "no paired results",
+               "no_discordance": "no discordance information"}
+
+
+def _plan_note(plan: dict) -> str:
+    from pilot import plan as planning
+
+    return _PLAN_NOTES[{planning.MET: "met", planning.WILL_NOT_HELP: "will_not_help", planning.ASSUMES: "assumes",
+                        planning.NO_PAIRS: "no_pairs"}.get(plan["reason"], "no_discordance")]
+
+
+def format_plan(plans: Sequence[dict], max_drop: float, metric: str = "f1") -> list[str]:
+    """The sample-size plan of each pruned arm (``pilot.plan.plan_report``) as a table under a title line."""
+    from pilot.plan import TITLES, metric_key
+
+    title = TITLES[metric_key(metric)]
+    lines = [f"Samples for a verdict ({title} drop at most {max_drop * 100:.1f} points with confidence; another "
+             "budget: pilot plan RUN --max-drop X)"]
+    names = arm_labels([str(p.get("arm") or p.get("strategy") or MISSING) for p in plans])
+    rows = [[names[str(p.get("arm") or p.get("strategy") or MISSING)], _int(p["n"]), _signed(p["drop"]),
+             _signed(p["drop_ci_high"]), _int(p["samples_needed"]), _int(p["more_needed"]), _plan_note(p)]
+            for p in plans]
+    return lines + _table(["arm", "n", "drop", "95% upper", "needed", "more", "note"], rows,
+                          [False, True, True, True, True, True, False])
+
+
+def format_report(report: dict, max_drop: float | None = 0.01, metric: str = "f1") -> str:
+    """The run's report as aligned plain-text tables: quality, compute and latency, per-class F1, and the samples a
+    verdict at ``max_drop`` (of ``metric``'s drop) needs (left out when ``max_drop`` is None)."""
     arms = list(report.get("arms") or [])
     lines = _header(report)
     if not arms:
@@ -227,4 +308,13 @@ def format_report(report: dict) -> str:
     per_class = _per_class(arms)
     if per_class:
         lines += ["", "Per-class F1", *per_class]
+    if max_drop is not None:
+        from pilot.plan import plan_report
+
+        plans = plan_report(report, max_drop, metric)
+        if plans:
+            lines += ["", *format_plan(plans, max_drop, metric)]
+    legend = _legend(arms)
+    if legend:
+        lines += ["", *legend]
     return "\n".join(lines) + "\n"

@@ -185,6 +185,7 @@ def prepare_batch(loaded: LoadedModel, items: Sequence[Item], device: torch.devi
 
 
 def _crops(loaded: LoadedModel, inputs: dict, row: int) -> int:
+    """LLaVA's vision-tower crops of one sample: 1, or LLaVA-NeXT's base and anyres tiles."""
     if loaded.family != "llava_next":
         return 1
     from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
@@ -192,6 +193,72 @@ def _crops(loaded: LoadedModel, inputs: dict, row: int) -> int:
     config = loaded.model.config
     return image_size_to_num_patches(inputs["image_sizes"][row].tolist(), config.image_grid_pinpoints,
                                      config.vision_config.image_size)
+
+
+def _per_sample(sizes: Sequence[int], counts: Sequence[int]) -> list[list[int] | None]:
+    """Split items of ``sizes`` (in batch order) among samples holding ``counts`` tokens each.
+
+    Per sample the indices of its items, or None where its items do not add up to its count.
+    """
+    out, cursor = [], 0
+    for count in counts:
+        indices, covered = [], 0
+        while covered < count and cursor < len(sizes):
+            covered += sizes[cursor]
+            indices.append(cursor)
+            cursor += 1
+        out.append(indices if covered == count else None)
+    return out
+
+
+def sample_grids(loaded: LoadedModel, inputs: dict) -> tuple[list[list[list[int]] | None], list[list | None]]:
+    """Per sample, the token grids of its images, in visual-token order, and its ``image_grid_thw`` rows.
+
+    A grid is ``[rows, cols]``, or ``[rows, cols, 1]`` when each row ends with one newline token
+    (LLaVA-NeXT's high-resolution grid). Read from what the processor made: Qwen's
+    ``image_grid_thw`` (patches, merged ``spatial_merge_size`` x ``spatial_merge_size`` into one
+    token per cell), LLaVA-NeXT's ``image_sizes`` (a square base grid, then the unpadded anyres
+    grid), else a square grid of ``image_size / patch_size`` (LLaVA-1.5). None for a sample whose
+    grids cannot be told (video tokens, a CLS token kept, a family not covered here); the
+    dashboard then falls back to one square grid when the count is a square. The grids only
+    feed pictures (and Qwen's tower FLOPs, which fall back to the token count): never an error.
+    """
+    try:
+        return _sample_grids(loaded, inputs)
+    except Exception:  # noqa: BLE001 - see above: no sample fails over its pictures
+        return [None] * len(inputs["input_ids"]), [None] * len(inputs["input_ids"])
+
+
+def _sample_grids(loaded: LoadedModel, inputs: dict) -> tuple[list[list[list[int]] | None], list[list | None]]:
+    config = loaded.model.config
+    input_ids = inputs["input_ids"]
+    batch = len(input_ids)
+    image_token = getattr(config, "image_token_id", None)
+    if image_token is None:
+        return [None] * batch, [None] * batch
+    valid = inputs["attention_mask"].bool()
+    counts = [int(((input_ids[row] == image_token) & valid[row]).sum()) for row in range(batch)]
+    if "image_grid_thw" in inputs:
+        merge = config.vision_config.spatial_merge_size
+        thw = inputs["image_grid_thw"].tolist()
+        owners = _per_sample([t * h * w // merge**2 for t, h, w in thw], counts)
+        rows = [None if index is None else [thw[i] for i in index] for index in owners]
+        grids = [None if r is None else [[h // merge, w // merge] for t, h, w in r for _ in range(t)] for r in rows]
+        return grids, rows
+    if "image_sizes" in inputs:
+        if loaded.family != "llava_next":  # other anyres layouts (LLaVA-OneVision) are not covered here
+            return [None] * batch, [None] * batch
+        from pilot.pruning.families import next_image_grids
+
+        images = [next_image_grids(config, size) for size in inputs["image_sizes"].tolist()]
+        owners = _per_sample([sum(g.length for g in image) for image in images], counts)
+        grids = [None if index is None else [[g.rows, g.cols, 1] if g.newline else [g.rows, g.cols]
+                                              for i in index for g in images[i]] for index in owners]
+        return grids, [None] * batch
+    vision = getattr(config, "vision_config", None)
+    side = getattr(vision, "image_size", 0) // max(1, getattr(vision, "patch_size", 0) or 1)
+    grids = [[[side, side]] * (n // side**2) if side and n and n % side**2 == 0 else None for n in counts]
+    return grids, [None] * batch
 
 
 def run_arm_batch(loaded: LoadedModel, strategy_text: str, prepared: PreparedBatch, labels: Sequence[str],
@@ -223,11 +290,14 @@ def run_arm_batch(loaded: LoadedModel, strategy_text: str, prepared: PreparedBat
     prompt_length = inputs["input_ids"].shape[1]
     texts = loaded.processor.tokenizer.batch_decode(output[:, prompt_length:], skip_special_tokens=True)
     dims = ModelDims.from_config(model.config)
-    image_token = model.config.image_token_id
+    visual_ids = torch.tensor(loaded.adapter.visual_token_ids(model.config), device=inputs["input_ids"].device)
+    grids, grid_thw = sample_grids(loaded, inputs)
     rows = []
     for row, item in enumerate(prepared.items):
         valid = inputs["attention_mask"][row].bool()
-        n_visual = int((inputs["input_ids"][row][valid] == image_token).sum())
+        ids = inputs["input_ids"][row][valid]
+        is_visual = torch.isin(ids, visual_ids)
+        n_visual = int(is_visual.sum())
         if trace is not None:
             per_layer = trace.visual_tokens_per_layer[row].tolist()
             kept = [s.kept[row][s.kept[row] >= 0].tolist() for s in trace.stages]
@@ -235,10 +305,17 @@ def run_arm_batch(loaded: LoadedModel, strategy_text: str, prepared: PreparedBat
                 kept = [trace.pooled_origin[row][trace.pooled_origin[row] >= 0].tolist()]
         else:
             per_layer, kept = [n_visual] * dims.layers, []
-        ids = inputs["input_ids"][row][valid]
-        image_positions = torch.nonzero(ids == image_token).flatten()
+        visual_positions = torch.nonzero(is_visual).flatten()
         text_tokens = int(valid.sum()) - n_visual
-        instruction = int(len(ids) - 1 - image_positions.max()) if len(image_positions) else 0
+        # The instruction: the text after the last visual token (TransPrune's IGA queries).
+        instruction = int(len(ids) - 1 - visual_positions.max()) if len(visual_positions) else 0
+        if dims.dynamic_resolution:  # the tower sees every original token, whatever the pruning
+            thw = grid_thw[row]
+            if thw is not None and sum(t * h * w for t, h, w in thw) != n_visual * dims.spatial_merge**2:
+                thw = None  # video tokens too: size the tower by the count alone
+            tower = {"visual_tokens_original": n_visual, "image_grids": thw}
+        else:
+            tower = {"crops": _crops(loaded, inputs, row)}
         prediction = parse_answer(texts[row], labels)
         rows.append({
             "sample_id": item.id, "label": item.label, "prediction": prediction, "answer_text": texts[row],
@@ -246,10 +323,9 @@ def run_arm_batch(loaded: LoadedModel, strategy_text: str, prepared: PreparedBat
             "prefill_ms": (clock.at - start) * 1000 / batch, "total_ms": (end - start) * 1000 / batch,
             "batch_size": batch,
             "paper_tflops": paper_flops(dims, per_layer) / 1e12,
-            "full_tflops": full_prefill_flops(dims, per_layer, text_tokens, resolved, instruction,
-                                              crops=_crops(loaded, inputs, row)) / 1e12,
+            "full_tflops": full_prefill_flops(dims, per_layer, text_tokens, resolved, instruction, **tower) / 1e12,
             "visual_tokens": n_visual, "visual_tokens_kept": per_layer[-1], "tokens_per_layer": per_layer,
-            "kept_indices": kept, "peak_memory_mb": peak_mb, "error": None,
+            "kept_indices": kept, "image_grids": grids[row], "peak_memory_mb": peak_mb, "error": None,
         })
     return rows
 

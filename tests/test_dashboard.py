@@ -503,6 +503,60 @@ def test_kept_patch_overlays(tmp_path):
     assert "No kept indices" in note
 
 
+def test_kept_patch_overlays_on_dynamic_and_tiled_grids(tmp_path):
+    path = tmp_path / "img.png"
+    Image.new("RGB", (90, 60), (200, 200, 200)).save(path)
+    # Qwen: one image, a 2 x 3 grid of merged patches (the resized image is wider than high).
+    pictures, captions, note = charts.kept_overlays(path, 6, [[0, 4]], "fastv:after=1,keep=0.3", [6, 2],
+                                                    cell=10, image_grids=[[2, 3]])
+    assert note is None and captions == ["input: 6 tokens", "after layer 1: 2 kept"]
+    assert all(p.size == (30, 20) for p in pictures)  # cols x rows of 10 px cells
+    stage = pictures[1]
+    assert stage.getpixel((5, 5)) == (200, 200, 200) and stage.getpixel((15, 15)) == (200, 200, 200)  # 0 and 4 kept
+    assert sum(stage.getpixel((25, 5))) < 3 * 100 and sum(stage.getpixel((5, 15))) < 3 * 100  # 2 and 3 dropped
+    # LLaVA-NeXT: a 2 x 2 base grid, then a 2 x 3 grid whose rows end with a newline token (indices 7 and 11).
+    pictures, captions, note = charts.kept_overlays(path, 12, [[0, 4, 7, 9]], "transprune:prune_after=1,keep=0.3",
+                                                    [12, 4], cell=10, image_grids=[[2, 2], [2, 3, 1]])
+    assert note is None and captions == ["input: 12 tokens", "after layer 1 · grid 1/2: 1 kept",
+                                         "after layer 1 · grid 2/2: 2 kept"]
+    assert pictures[1].size == (20, 20) and pictures[2].size == (30, 20)
+    assert pictures[2].getpixel((5, 5)) == (200, 200, 200) and pictures[2].getpixel((15, 15)) == (200, 200, 200)
+    assert sum(pictures[2].getpixel((25, 15))) < 3 * 100
+    assert charts.split_by_grid([0, 4, 7, 9, 11], [(2, 2, False), (2, 3, True)]) == [[0], [0, 4]]
+    # Pooling on a 3 x 3 grid: windows at the edge are partial.
+    pooled, captions, note = charts.kept_overlays(path, 9, [[0, 2, 6, 8]], "pool:factor=2", [4, 4], cell=10,
+                                                  image_grids=[[3, 3]])
+    assert note is None and captions[1] == "pooled 2×2: 4 tokens" and pooled[1].getpixel((25, 25)) == (200, 200, 200)
+    _, _, note = charts.kept_overlays(path, 7, [[0]], "transprune", None, image_grids=[[2, 3]])
+    assert "do not match" in note
+    _, _, note = charts.kept_overlays(path, 6, [[0]], "transprune", None, image_grids=[["a", 3]])
+    assert "not [rows, cols]" in note
+
+
+def test_samples_of_a_store_written_before_image_grids(store, tmp_path):
+    """A store at revision 0001 (no image_grids column) is still read, without upgrading it; its grids are None."""
+    from alembic import command
+
+    from pilot.store import alembic_config, current_revision
+
+    url = copy_db(store["path"], tmp_path / "pilot.db")
+    engine = data.connect(url)
+    samples = data.load_samples(engine, store["report"]["run_id"])
+    assert all(grids == [[14, 14]] for grids in samples["image_grids"])  # the test model's 14 x 14 LLaVA grid
+    engine.dispose()
+    command.downgrade(alembic_config(url), "0001")
+    assert current_revision(url) == "0001"
+    engine = data.connect(url)
+    old = data.load_samples(engine, store["report"]["run_id"])
+    engine.dispose()
+    assert list(old.columns) == list(samples.columns) and len(old) == len(samples)
+    assert old["image_grids"].isna().all()
+    assert old.drop(columns="image_grids").equals(samples.drop(columns="image_grids"))
+    pruned = ARMS[1]
+    rows = data.disagreements(old, pruned, store["report"]["labels"], "baseline")
+    assert "image_grids" in rows.columns
+
+
 def test_launch_command():
     from dashboard.launch import APP as LAUNCHED
     from dashboard.launch import streamlit_command

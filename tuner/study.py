@@ -7,9 +7,14 @@
    (vision tower and projector outputs cached per batch), reports after each chunk the lower
    end of its drop's 95% interval (``BudgetPruner`` stops hopeless trials), and ends with the
    constraint ``drop - max_drop <= 0`` set through ``trial.set_constraint``.
-4. Honest selection: feasible trials, cheapest first, are re-run by the pilot runner on the
-   held-out part against baseline; the first whose drop and the upper end of its 95% interval
-   both respect the budget is recommended, with its verification run stored.
+4. Honest selection (``tuner.select``): the feasible trials on the frontier of (compute, upper end of the
+   tuning-split interval) are verified on the held-out part by the pilot runner against baseline, in an order
+   fixed on the tuning split (safest first, then cheaper), each with the report's rule (the upper end of the
+   drop's 95% interval within the budget); the sequence stops at the first that fails and the last that held is
+   recommended. A fixed-sequence test: the chance of recommending a schedule whose true drop breaks the budget
+   stays at most 2.5%. Every verification run is stored, with how many more samples its verdict would need.
+5. Latency is measured paired (``TrialEvaluator.run_paired``): the baseline and the trial timed back to back on
+   the same cached batches, so that load from other processes moves both alike.
 """
 
 from __future__ import annotations
@@ -20,14 +25,15 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 import optuna
 import torch
 from sqlalchemy import select
 
-from pilot.metrics import Outcome, budget_verdict, compare
+from pilot.metrics import budget_verdict, compare
 from pilot.models import LoadedModel, load
+from pilot.plan import plan_comparison, plan_sentence
 from pilot.runner import (
     PreparedBatch,
     RunSettings,
@@ -42,6 +48,7 @@ from pilot.store import get_or_create, normalise_url, open_store, schema_lock
 from pilot.store import models as db
 from pilot.summaries import outcomes
 from tuner.pruner import BudgetPruner
+from tuner.select import RULE, Candidate, fixed_sequence, verification_order
 from tuner.space import suggest
 
 METRICS = {"f1_macro": "f1", "accuracy": "accuracy"}
@@ -99,14 +106,24 @@ class TuneSettings:
 
 
 class TrialEvaluator:
-    """Replays the tuning part for one strategy, reusing cached vision features per batch."""
+    """Replays the tuning part for one strategy, reusing cached vision features per batch.
+
+    Latency is measured paired (``run_paired``): on each timed batch the baseline and the trial run back to back on
+    the same cached inputs (which goes first alternates from batch to batch), and the trial's prefill ratio is the
+    median over those batches of trial / baseline. Load from other processes that comes and goes during a study
+    then moves both sides of every ratio alike; a baseline timed once at the start (as before) made trials run
+    under later load look 5-6x slower than baseline. ``run_batch`` (default ``pilot.runner.run_arm_batch``) is
+    injectable for tests.
+    """
 
     def __init__(self, loaded: LoadedModel, batches: list[PreparedBatch], labels, max_new_tokens: int,
-                 device: torch.device, cache_features: bool):
+                 device: torch.device, cache_features: bool, run_batch: Callable[..., list[dict]] | None = None):
         self.loaded = loaded
         self.labels = list(labels)
         self.max_new_tokens = max_new_tokens
         self.device = device
+        self.run_batch = run_batch
+        self._timed = 0  # timed pairs so far: which side goes first alternates
         self.batches = [self._cache(b) for b in batches] if cache_features else batches
 
     def _cache(self, prepared: PreparedBatch) -> PreparedBatch:
@@ -122,31 +139,58 @@ class TrialEvaluator:
         inputs["mm_encoder_outputs"] = {"image": features}
         return PreparedBatch(prepared.items, inputs, prepared.errors)
 
-    def retime(self, outcomes: dict[str, Outcome]) -> dict[str, Outcome]:
-        """``outcomes`` (the stored baseline) with latencies measured as trials measure theirs.
-
-        Trials replay cached vision features, so their prefill leaves the vision tower out, while
-        the stored baseline ran it: compared as they are, every schedule would look faster by the
-        tower's share. The baseline is timed again here, on the same inputs, in this process,
-        after an untimed pass of the baseline and of a pruned schedule (without it the first trial
-        paid the pruning path's first-use costs: prefill x2.2 where later trials got x0.4-0.8).
-        """
+    def warm_up(self) -> None:
+        """An untimed pass of the baseline and of a pruned schedule on the first batch: without it the first trial
+        paid the pruning path's first-use costs (prefill x2.2 where later trials got x0.4-0.8)."""
         first = [b for b in self.batches if b.items][:1]
-        if not first:
-            return outcomes
         for strategy in ("baseline", "transprune"):
             self.run(strategy, first)
-        timed = {row["sample_id"]: row for row in self.run("baseline", self.batches)}
-        return {sample_id: replace(outcome, prefill_ms=timed[sample_id]["prefill_ms"],
-                                   total_ms=timed[sample_id]["total_ms"]) if sample_id in timed else outcome
-                for sample_id, outcome in outcomes.items()}
+
+    def _batch(self, strategy: str, prepared: PreparedBatch) -> list[dict]:
+        run_batch = self.run_batch or run_arm_batch  # looked up per call: tests patch the module's name
+        return run_batch(self.loaded, strategy, prepared, self.labels, self.max_new_tokens, self.device)
 
     def run(self, strategy: str, batches: list[PreparedBatch]) -> list[dict]:
         rows: list[dict] = []
         for prepared in batches:
             if prepared.items:
-                rows += run_arm_batch(self.loaded, strategy, prepared, self.labels, self.max_new_tokens, self.device)
+                rows += self._batch(strategy, prepared)
         return rows
+
+    def run_paired(self, strategy: str, batches: list[PreparedBatch], every: int = 1
+                   ) -> tuple[list[dict], list[dict]]:
+        """The trial's rows on ``batches``, and per timed batch (every ``every``-th, from the first) the trial's and
+        the baseline's per-sample prefill and total ms, measured back to back on the same inputs."""
+        rows: list[dict] = []
+        pairs: list[dict] = []
+        for index, prepared in enumerate(b for b in batches if b.items):
+            if index % max(1, every):
+                rows += self._batch(strategy, prepared)
+                continue
+            self._timed += 1
+            if self._timed % 2:
+                baseline = self._batch("baseline", prepared)
+                trial = self._batch(strategy, prepared)
+            else:
+                trial = self._batch(strategy, prepared)
+                baseline = self._batch("baseline", prepared)
+            rows += trial
+            pairs.append({key: (_batch_ms(trial, key), _batch_ms(baseline, key)) for key in ("prefill_ms", "total_ms")})
+        return rows, pairs
+
+
+def _batch_ms(rows: list[dict], key: str) -> float | None:
+    values = [r[key] for r in rows if r.get(key) is not None]
+    return sum(values) / len(values) if values else None
+
+
+def paired_ratio(pairs: list[dict], key: str = "prefill_ms") -> float | None:
+    """Median over timed batches of trial / baseline for ``key`` (batches timed back to back)."""
+    ratios = sorted(t / b for t, b in (p[key] for p in pairs) if t is not None and b)
+    if not ratios:
+        return None
+    mid = len(ratios) // 2
+    return ratios[mid] if len(ratios) % 2 else (ratios[mid - 1] + ratios[mid]) / 2
 
 
 def _drop(comparison: dict, metric: str) -> tuple[float | None, float | None, float | None]:
@@ -159,10 +203,22 @@ def _drop(comparison: dict, metric: str) -> tuple[float | None, float | None, fl
 
 
 def tune(settings: TuneSettings, *, db_url: str | None = None, log: Callable[[str], None] | None = None,
-         progress: bool = True) -> dict:
-    """Run (or resume) the study, then verify candidates on held-out data. Returns the result dict."""
+         progress: bool = True, verbose: bool = False) -> dict:
+    """Run (or resume) the study, then verify candidates on held-out data. Returns the result dict.
+
+    Optuna's own per-trial INFO lines are off unless ``verbose`` (our ``log`` lines say the same, shorter)."""
     log = log or (lambda message: print(message, file=sys.stderr))
     settings.validate()
+    previous = optuna.logging.get_verbosity()
+    if not verbose:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        return _tune(settings, db_url, log, progress)
+    finally:
+        optuna.logging.set_verbosity(previous)
+
+
+def _tune(settings: TuneSettings, db_url: str | None, log: Callable[[str], None], progress: bool) -> dict:
     started = time.time()
     sessions = open_store(db_url)
     url = normalise_url(db_url)
@@ -184,7 +240,7 @@ def tune(settings: TuneSettings, *, db_url: str | None = None, log: Callable[[st
                for i in range(0, len(items), settings.batch_size)]
     evaluator = TrialEvaluator(loaded, batches, dataset.labels, settings.max_new_tokens, device,
                                settings.cache_features)
-    baseline = evaluator.retime(baseline)
+    evaluator.warm_up()
     chunk_size = max(1, -(-len(evaluator.batches) // settings.chunks))
     chunks = [evaluator.batches[i : i + chunk_size] for i in range(0, len(evaluator.batches), chunk_size)]
 
@@ -213,8 +269,13 @@ def tune(settings: TuneSettings, *, db_url: str | None = None, log: Callable[[st
                 trial.set_constraint(key, value)
             return twin.values if settings.multi_objective else twin.values[0]
         rows: list[dict] = []
+        pairs: list[dict] = []
         for step, chunk in enumerate(chunks):
-            rows += evaluator.run(strategy, chunk)
+            # Latency objective: every batch timed against the baseline; else the first batch of each chunk.
+            chunk_rows, chunk_pairs = evaluator.run_paired(strategy, chunk,
+                                                           every=1 if settings.objective == "latency" else len(chunk))
+            rows += chunk_rows
+            pairs += chunk_pairs
             trial.set_user_attr("evaluated_samples", len(rows))
             if step < len(chunks) - 1:
                 done = {r["sample_id"] for r in rows}
@@ -230,10 +291,12 @@ def tune(settings: TuneSettings, *, db_url: str | None = None, log: Callable[[st
         comparison = compare(list(baseline.values()), outcomes_from_rows(rows), dataset.labels, resamples=1000,
                              seed=settings.seed)
         drop, _, high = _drop(comparison, settings.metric)
-        compute = comparison["paper_tflops_ratio"] if settings.objective == "tflops" else comparison["prefill_ratio"]
+        prefill_ratio = paired_ratio(pairs, "prefill_ms")
+        compute = comparison["paper_tflops_ratio"] if settings.objective == "tflops" else prefill_ratio
         attrs = {"f1_drop": -comparison["f1_delta"], "accuracy_drop": -comparison["accuracy_delta"],
                  "drop_ci_high": high, "paper_tflops_ratio": comparison["paper_tflops_ratio"],
-                 "prefill_ratio": comparison["prefill_ratio"], "feasible": drop <= settings.max_drop + 1e-9,
+                 "prefill_ratio": prefill_ratio, "total_ratio": paired_ratio(pairs, "total_ms"),
+                 "timed_batches": len(pairs), "feasible": drop <= settings.max_drop + 1e-9,
                  "mean_visual_tokens_kept": sum(r["visual_tokens_kept"] for r in rows) / len(rows)}
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
@@ -243,8 +306,10 @@ def tune(settings: TuneSettings, *, db_url: str | None = None, log: Callable[[st
     def report(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         attrs = trial.user_attrs
         if trial.state == optuna.trial.TrialState.COMPLETE:
+            prefill = attrs.get("prefill_ratio")
             log(f"trial {trial.number}: {attrs['strategy']}  drop {attrs['f1_drop']:+.3f} (F1), "
-                f"TFLOPs x{attrs['paper_tflops_ratio']:.3f}, prefill x{attrs['prefill_ratio']:.3f}, "
+                f"TFLOPs x{attrs['paper_tflops_ratio']:.3f}, prefill "
+                f"{'-' if prefill is None else f'x{prefill:.3f}'} (paired with baseline), "
                 f"{'feasible' if attrs['feasible'] else 'over budget'}")
         else:
             log(f"trial {trial.number}: {attrs.get('strategy')}  {trial.state.name.lower()} "
@@ -259,24 +324,30 @@ def tune(settings: TuneSettings, *, db_url: str | None = None, log: Callable[[st
     return _select_and_verify(study, settings, sessions, name, db_url, loaded, log, progress, started)
 
 
-def _candidates(study: optuna.Study, settings: TuneSettings) -> list[optuna.trial.FrozenTrial]:
+def _candidates(study: optuna.Study, settings: TuneSettings) -> list[Candidate]:
+    """The trials feasible on the tuning split (on the Pareto front too, with ``multi_objective``)."""
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     feasible = [t for t in complete if all(v <= 0 for v in t.constraints.values())]
     pool = study.best_trials if settings.multi_objective else feasible
-    pool = [t for t in pool if t in feasible]
-    unique: dict[str, optuna.trial.FrozenTrial] = {}
-    for trial in sorted(pool, key=lambda t: (t.values[0], t.number)):
-        unique.setdefault(trial.user_attrs["strategy"], trial)
-    return list(unique.values())
+    numbers = {t.number for t in feasible}
+    return [Candidate(number=t.number, strategy=t.user_attrs["strategy"], compute=t.values[0],
+                      drop=t.user_attrs["f1_drop"] if settings.metric == "f1_macro" else t.user_attrs["accuracy_drop"],
+                      drop_ci_high=t.user_attrs.get("drop_ci_high"))
+            for t in pool if t.number in numbers]
 
 
 def _select_and_verify(study, settings, sessions, name, db_url, loaded, log, progress, started) -> dict:
+    """Verify candidates on the held-out split in a fixed order, recommending the last that holds
+    (``tuner.select``: the order is set on the tuning split; familywise error <= 2.5%)."""
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     pruned = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.PRUNED,))
-    result: dict = {"study": name, "trials": len(complete) + len(pruned), "complete": len(complete),
-                    "pruned": len(pruned), "recommended": None, "heldout": None, "verified": [],
-                    "metric": settings.metric, "max_drop": settings.max_drop, "objective": settings.objective}
     candidates = _candidates(study, settings)
+    order = verification_order(candidates, settings.max_drop, settings.max_verifications)
+    result: dict = {"study": name, "trials": len(complete) + len(pruned), "complete": len(complete),
+                    "pruned": len(pruned), "feasible": len(candidates), "recommended": None, "heldout": None,
+                    "verified": [], "metric": settings.metric, "max_drop": settings.max_drop,
+                    "objective": settings.objective, "error_control": RULE,
+                    "verification_order": [c.number for c in order]}
     if not candidates:
         measured = [t for t in complete + pruned if "f1_drop" in t.user_attrs]
         best = min(measured, key=lambda t: t.user_attrs["f1_drop"], default=None)
@@ -286,29 +357,48 @@ def _select_and_verify(study, settings, sessions, name, db_url, loaded, log, pro
             "evaluated_samples": best.user_attrs.get("evaluated_samples"), "state": best.state.name.lower()}
         result["message"] = "no schedule meets the budget on the tuning split"
         log(result["message"] + (f"; the best found: {result['best_found']}" if best else ""))
-    for trial in candidates[: settings.max_verifications]:
-        strategy = trial.user_attrs["strategy"]
-        log(f"verifying trial {trial.number} on the held-out split: {strategy}")
-        report = execute(settings.run_settings(["baseline", strategy], "heldout"), db_url=db_url,
-                         name=f"{name}-verify-{trial.number}", progress=progress, log=log, loaded=loaded)
+    elif order:
+        log(f"verifying up to {len(order)} candidate(s) on the held-out split, safest first (trials "
+            f"{', '.join(str(c.number) for c in order)}), stopping at the first that fails")
+    key = METRICS[settings.metric]
+
+    def verify(cand: Candidate) -> dict:
+        log(f"verifying trial {cand.number} on the held-out split: {cand.strategy} (tuning drop {cand.drop:+.3f}, "
+            f"upper end {cand.upper:+.3f})")
+        report = execute(settings.run_settings(["baseline", cand.strategy], "heldout"), db_url=db_url,
+                         name=f"{name}-verify-{cand.number}", progress=progress, log=log, loaded=loaded)
         base, arm = report["arms"][0], report["arms"][1]
-        verdict = budget_verdict(arm["vs_baseline"], METRICS[settings.metric], settings.max_drop)
-        heldout = {"run_id": report["run_id"], "strategy": strategy, "trial": trial.number,
-                   "baseline_f1_macro": base["f1_macro"], "f1_macro": arm["f1_macro"],
-                   "f1_drop": -arm["vs_baseline"]["f1_delta"], "f1_drop_ci_high": -arm["vs_baseline"]["f1_delta_ci"][0],
-                   "accuracy_drop": -arm["vs_baseline"]["accuracy_delta"],
-                   "paper_tflops_ratio": arm["vs_baseline"]["paper_tflops_ratio"],
-                   "prefill_ratio": arm["vs_baseline"]["prefill_ratio"], "verdict": verdict}
-        result["verified"].append(heldout)
-        if verdict["met_with_confidence"]:
-            result["recommended"], result["heldout"] = strategy, heldout
-            break
-        log(f"trial {trial.number} does not hold on held-out data (drop {verdict['drop']:+.3f}, upper end "
-            f"{verdict['drop_ci_high']:+.3f} > {settings.max_drop}); next candidate")
-    if candidates and result["recommended"] is None:
-        result["message"] = (f"none of the {len(result['verified'])} cheapest feasible schedules held the budget "
-                             "with confidence on held-out data")
+        vs = arm["vs_baseline"]
+        verdict = budget_verdict(vs, key, settings.max_drop)
+        plan = plan_comparison(vs, settings.max_drop, key)
+        result["verified"].append({
+            "run_id": report["run_id"], "strategy": cand.strategy, "trial": cand.number,
+            "baseline_f1_macro": base["f1_macro"], "f1_macro": arm["f1_macro"], "f1_drop": -vs["f1_delta"],
+            "f1_drop_ci_high": -vs["f1_delta_ci"][0], "accuracy_drop": -vs["accuracy_delta"],
+            "paper_tflops_ratio": vs["paper_tflops_ratio"], "prefill_ratio": vs["prefill_ratio"],
+            "verdict": verdict, "plan": plan, "plan_text": plan_sentence(plan)})
+        if not verdict["met_with_confidence"]:
+            log(f"trial {cand.number} does not hold on held-out data (drop {verdict['drop']:+.3f}, upper end "
+                f"{verdict['drop_ci_high']:+.3f} > {settings.max_drop}): the sequence stops here")
+        return verdict
+
+    recommended, _ = fixed_sequence(order, verify)
+    if recommended is not None:
+        result["recommended"] = recommended.strategy
+        result["heldout"] = next(v for v in result["verified"] if v["trial"] == recommended.number)
+    elif candidates:
+        result["message"] = (f"the safest of the {len(order)} candidates in the fixed order (trial {order[0].number}) "
+                             "did not hold the budget with confidence on held-out data" if order else
+                             "no candidate was verified (max_verifications is 0)")
         result["heldout"] = result["verified"][0] if result["verified"] else None
+        plans = [v for v in result["verified"] if v["plan"]["more_needed"]]
+        if plans:
+            best = min(plans, key=lambda v: v["plan"]["more_needed"])
+            result["next_step"] = (f"label about {best['plan']['more_needed']:,} more images for the held-out check "
+                                   f"of {best['strategy']}: {best['plan_text']}")
+        elif result["verified"]:
+            result["next_step"] = (f"{result['verified'][0]['plan_text']} Loosen the budget or search longer "
+                                   "(`pilot tune --trials N` resumes the study).")
     with sessions() as session:
         row = session.scalar(select(db.TuningStudy).where(db.TuningStudy.name == name))
         row.recommended_strategy = result["recommended"]

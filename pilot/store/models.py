@@ -187,6 +187,9 @@ class SampleResult(Base):
     visual_tokens_kept: Mapped[int | None] = mapped_column(Integer)
     tokens_per_layer: Mapped[list[int] | None] = mapped_column(JSON)
     kept_indices: Mapped[list[list[int]] | None] = mapped_column(JSON)
+    # Per image, its grid of visual tokens in visual-token order: [rows, cols] ([rows, cols, 1] when each row ends
+    # with a newline token); kept_indices count through them. None: a square grid (runs before revision 0002).
+    image_grids: Mapped[list[list[int]] | None] = mapped_column(JSON)
     peak_memory_mb: Mapped[float | None] = mapped_column(Float)
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -1,0 +1,165 @@
+"""How many paired samples a verdict needs: sample-size planning for a pruned arm against the baseline.
+
+No torch here (the dashboard imports it).
+
+The verdict (``pilot.metrics.budget_verdict``) says a budget B is met *with confidence* when the upper end U
+of the drop's 95% interval is at most B. The report's intervals are two-sided 95% (2.5th and 97.5th
+percentiles of the paired bootstrap), so U is a one-sided 97.5% bound and ``Z = 1.96``.
+
+Accuracy (from first principles). Per sample, d_i = correct_baseline - correct_pruned is -1, 0 or 1, with mean
+D (the drop) and variance ``var(d) = q - D**2``, where q, the discordance, is the share of samples whose
+correctness differs between the arms (McNemar's discordant pairs / n). With the normal approximation of the
+mean of the paired differences, ``U ~ D + Z * sd / sqrt(n)``, so U falls under B once
+
+    n = ceil((Z * sqrt(q - D**2) / (B - D)) ** 2)
+
+paired samples are behind it. At that n, U <= B in about half of the repetitions of the pilot when the true
+drop and discordance equal the observed ones (the point estimate lands on either side of D alike); more
+samples give more certainty (tests/test_plan.py checks this against simulation).
+
+Macro-F1 (scaled bootstrap). Macro-F1's drop is not a mean of per-sample differences, so its spread is read
+from the report's own bootstrap interval: its upper half-width ``U - D`` on the n_now samples behind it shrinks
+as 1/sqrt(n), which gives ``n = ceil(n_now * ((U - D) / (B - D)) ** 2)`` (for accuracy this is the same
+number as above, up to the bootstrap's own noise). Without a usable interval the accuracy discordance stands
+in as the proxy for the spread.
+
+Both assume that the observed drop and spread hold on more data of the same kind. When the observed drop is
+already at or over the budget, more samples will not show the budget met: ``samples_needed`` is then ``None``
+with a ``reason``, as it is when there is no paired result or no discordance information.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pilot.metrics import _BUDGET_TOL, budget_verdict
+
+Z = 1.959963984540054  # two-sided 95% interval -> its upper end is a one-sided 97.5% bound
+METRICS = {"f1": "f1", "f1_macro": "f1", "accuracy": "accuracy"}
+TITLES = {"f1": "macro-F1", "accuracy": "accuracy"}
+
+MET = "met with confidence on the current samples"
+WILL_NOT_HELP = "the observed drop already reaches the budget: more samples will not help"
+NO_PAIRS = "no paired results with the baseline"
+NO_DISCORDANCE = "no discordance information"
+ASSUMES = "if the observed drop and discordance hold on more samples"
+
+
+def metric_key(metric: str | None) -> str:
+    """``f1`` / ``f1_macro`` -> "f1", ``accuracy`` -> "accuracy"."""
+    key = METRICS.get((metric or "f1").lower())
+    if key is None:
+        raise ValueError(f"metric {metric!r}: use f1 or accuracy")
+    return key
+
+
+def _normal_n(variance: float, gap: float, z: float = Z) -> int | None:
+    """``ceil((z * sqrt(variance) / gap)**2)``, at least 1; None without a positive gap or spread."""
+    if gap <= _BUDGET_TOL or variance <= 0:
+        return None
+    return max(1, math.ceil((z * math.sqrt(variance) / gap) ** 2 - 1e-9))
+
+
+def samples_for_accuracy(drop: float, discordance: float, max_drop: float, z: float = Z) -> int | None:
+    """Paired samples for the upper bound of the accuracy drop to reach ``max_drop``:
+    ``ceil((z * sqrt(discordance - drop**2) / (max_drop - drop))**2)``; None when ``drop >= max_drop`` (or no
+    discordance at all: then there is no spread to shrink)."""
+    if not 0 <= discordance <= 1 or abs(drop) > discordance + 1e-12:
+        raise ValueError(f"discordance {discordance} and drop {drop}: need |drop| <= discordance <= 1")
+    return _normal_n(discordance - drop * drop, max_drop - drop, z)
+
+
+def samples_by_scaling(n_now: int, drop: float, drop_ci_high: float, max_drop: float) -> int | None:
+    """Paired samples for an upper bound at ``drop_ci_high`` on ``n_now`` samples to reach ``max_drop``, with the
+    interval's half-width shrinking as 1/sqrt(n): ``ceil(n_now * ((U - D) / (B - D))**2)``."""
+    gap = max_drop - drop
+    if gap <= _BUDGET_TOL:
+        return None
+    half = drop_ci_high - drop
+    return max(1, math.ceil(n_now * (half / gap) ** 2 - 1e-9))
+
+
+def plan_comparison(comparison: Mapping[str, Any] | None, max_drop: float, metric: str = "f1") -> dict:
+    """The sample-size plan of one pruned arm from its ``vs_baseline`` comparison (``pilot.metrics.compare``).
+
+    Keys: ``metric``, ``max_drop``, ``n`` (paired samples now), ``drop``, ``drop_ci_high``, ``discordance``,
+    ``met_with_confidence``, ``samples_needed`` (paired samples in all, or None), ``more_needed`` (beyond ``n``,
+    or None), ``method`` ("discordance" / "bootstrap scaling" / None) and ``reason`` (always a sentence).
+    """
+    key = metric_key(metric)
+    comparison = comparison or {}
+    n = int(comparison.get("n_paired") or 0)
+    out: dict[str, Any] = {"metric": key, "max_drop": max_drop, "n": n, "drop": None, "drop_ci_high": None,
+                           "discordance": None, "met_with_confidence": None, "samples_needed": None,
+                           "more_needed": None, "method": None, "reason": NO_PAIRS}
+    if not n or comparison.get(f"{key}_delta") is None:
+        return out
+    verdict = budget_verdict(comparison, key, max_drop)
+    drop, high = verdict["drop"], verdict["drop_ci_high"]
+    discordant = comparison.get("discordant") or {}
+    discordance = None
+    if "baseline_only" in discordant and "pruned_only" in discordant:
+        discordance = (int(discordant["baseline_only"]) + int(discordant["pruned_only"])) / n
+    out.update(drop=drop, drop_ci_high=high, discordance=discordance,
+               met_with_confidence=verdict["met_with_confidence"])
+    if verdict["met_with_confidence"]:
+        return {**out, "samples_needed": n, "more_needed": 0, "reason": MET}
+    if max_drop - drop <= _BUDGET_TOL:
+        return {**out, "reason": WILL_NOT_HELP}
+
+    needed, method = None, None
+    if key == "f1" and high is not None and high - drop > 1e-12:
+        needed, method = samples_by_scaling(n, drop, high, max_drop), "bootstrap scaling"
+    elif discordance is not None:
+        # accuracy: its own drop; macro-F1 without an interval: the accuracy discordance as the proxy of the spread
+        acc_drop = (int(discordant["baseline_only"]) - int(discordant["pruned_only"])) / n
+        needed, method = _normal_n(discordance - acc_drop * acc_drop, max_drop - drop), "discordance"
+    if needed is None:
+        return {**out, "reason": NO_DISCORDANCE}
+    # Not met on n samples: at least one more, whatever the approximation says.
+    needed = max(needed, n + 1)
+    return {**out, "samples_needed": needed, "more_needed": needed - n, "method": method, "reason": ASSUMES}
+
+
+def plan_report(report: Mapping[str, Any], max_drop: float, metric: str = "f1") -> list[dict]:
+    """One plan per pruned arm of a run's report (``pilot.summaries.build_report``), with ``arm`` and
+    ``strategy``."""
+    plans = []
+    for arm in report.get("arms") or []:
+        if arm.get("strategy") == "baseline" and not arm.get("vs_baseline"):
+            continue
+        plans.append({"arm": arm.get("name"), "strategy": arm.get("strategy"),
+                      **plan_comparison(arm.get("vs_baseline"), max_drop, metric)})
+    return plans
+
+
+def _pts(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.1f} pts"
+
+
+def plan_sentence(plan: Mapping[str, Any]) -> str:
+    """The plan as one sentence for a person (the dashboard's verdict panel, the tuner's closing message)."""
+    title = TITLES[plan["metric"]]
+    budget = _pts(plan["max_drop"])
+    if plan["drop"] is None:
+        return f"No verdict yet: {NO_PAIRS}."
+    seen = (f"{title} drop {_pts(plan['drop'])} (95% upper end {_pts(plan['drop_ci_high'])}) on "
+            f"{plan['n']:,} paired samples")
+    if plan["met_with_confidence"]:
+        return f"{seen}: the budget of {budget} is met with confidence; no more samples needed."
+    if plan["samples_needed"] is None:
+        if plan["reason"] == WILL_NOT_HELP:
+            return (f"{seen}: the observed drop already reaches the budget of {budget}, so more samples will not "
+                    "show it met.")
+        return f"{seen}: no sample-size estimate ({plan['reason']})."
+    return (f"{seen}: label about {plan['more_needed']:,} more images ({plan['samples_needed']:,} paired samples "
+            f"in all) for the upper end to fall under the budget of {budget}, {ASSUMES}.")
+
+
+def plan_rows(plans: Sequence[Mapping[str, Any]]) -> list[dict]:
+    """The ``pilot plan --json`` rows: strategy, n, drop, drop_ci_high, samples_needed, reason (and a few more)."""
+    keys = ("arm", "strategy", "metric", "max_drop", "n", "drop", "drop_ci_high", "discordance", "samples_needed",
+            "more_needed", "method", "reason")
+    return [{k: p.get(k) for k in keys} for p in plans]

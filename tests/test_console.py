@@ -1,0 +1,138 @@
+"""A readable console: distinct arm names in the tables, `pilot plan`, quiet Optuna, progress bars on a terminal."""
+
+import io
+import json
+import logging
+
+import optuna
+import pytest
+
+from pilot import cli
+from pilot.plan import ASSUMES, samples_for_accuracy
+from pilot.report import _short, arm_labels, format_report
+
+TWINS = ["fastv:after=2,keep=0.5", "fastv:after=2,keep=0.5,positions=original"]
+
+
+def _arm(name, delta=-0.01):
+    vs = None if name == "baseline" else {"n_paired": 100, "f1_delta": delta, "f1_delta_ci": [delta - 0.02, 0.0],
+                                          "accuracy_delta": delta, "accuracy_delta_ci": [delta - 0.02, 0.0],
+                                          "discordant": {"baseline_only": 6, "pruned_only": 5}}
+    return {"name": name, "strategy": name, "n": 100, "errors": 0, "invalid": 0, "accuracy": 0.9, "f1_macro": 0.9,
+            "f1_per_class": {"yes": 0.9, "no": 0.9}, "vs_baseline": vs}
+
+
+def test_arm_names_stay_distinguishable_in_the_tables():
+    assert _short(TWINS[0]) != _short(TWINS[1])  # was "fastv:after=2,keep=~" for both
+    assert all(len(_short(name)) <= 20 for name in TWINS)
+    assert _short("transprune") == "transprune"
+    # names that differ only in the middle are widened until they differ
+    middle = ["transprune:prune_after=7/9/12,keep=0.875/0.625/0.125,positions=original",
+              "transprune:prune_after=7/9/12,keep=0.875/0.5/0.125,positions=original"]
+    labels = arm_labels(middle)
+    assert labels[middle[0]] != labels[middle[1]]
+    text = format_report({"run_id": 1, "arms": [_arm("baseline"), *(_arm(n) for n in TWINS + middle)]})
+    rows = [line.split("  ")[0] for line in text.splitlines()]
+    for name in TWINS + middle:
+        assert arm_labels(TWINS + middle)[name] in rows
+        assert name in text  # in full under "Arm names in full"
+    assert "Arm names in full" in text
+    assert all(len(line) <= 120 for line in text.splitlines())
+
+
+def test_report_closes_with_the_samples_each_verdict_needs():
+    text = format_report({"run_id": 1, "arms": [_arm("baseline"), _arm("transprune")]}, max_drop=0.03)
+    section = text[text.index("Samples for a verdict"):]
+    assert "macro-F1 drop at most 3.0 points with confidence" in section
+    # drop 0.01, upper end 0.03 on 100 samples: met with confidence
+    assert "met with confidence" in section
+    text = format_report({"run_id": 1, "arms": [_arm("baseline"), _arm("transprune", -0.02)]}, max_drop=0.03)
+    row = next(line for line in text[text.index("Samples for a verdict"):].splitlines()
+               if line.startswith("transprune"))
+    assert row.split()[4:6] == ["400", "300"]  # 100 x ((0.04 - 0.02) / (0.03 - 0.02))^2
+    assert "Samples for a verdict" not in format_report({"run_id": 1, "arms": [_arm("baseline")]}, max_drop=None)
+
+
+def _store_with_a_run(url, n=200, lost=12, gained=4):
+    """A completed run (baseline + one pruned arm) written straight to the store: no model."""
+    from pilot.store import Arm, Dataset, ModelRecord, Run, SampleResult, open_store
+
+    sessions = open_store(url)
+    with sessions() as session:
+        dataset = Dataset(name="parts", manifest_path="/nowhere/manifest.csv", manifest_sha256="0" * 64, size=n,
+                          labels=["yes", "no"])
+        model = ModelRecord(name="demo", path="/nowhere", config_sha256="0" * 64, model_class="Llava")
+        run = Run(name="pilot-a", dataset=dataset, model=model, settings={"batch_size": 2},
+                  settings_sha256="1" * 64, machine={}, status="completed")
+        session.add(run)
+        session.flush()
+        arms = [Arm(run_id=run.id, name=a, strategy=a, position=i) for i, a in enumerate(["baseline", TWINS[1]])]
+        session.add_all(arms)
+        session.flush()
+        for i in range(n):
+            label = ["yes", "no"][i % 2]
+            wrong = "no" if label == "yes" else "yes"
+            base_ok = not (lost <= i < lost + gained)  # the pruned arm is right where the baseline is not
+            prun_ok = i >= lost  # the first `lost` samples: only the baseline is right
+            for arm, ok in zip(arms, (base_ok, prun_ok), strict=True):
+                session.add(SampleResult(arm_id=arm.id, sample_id=f"s{i:03d}", label=label,
+                                         prediction=label if ok else wrong, correct=ok, batch_size=2))
+        session.commit()
+    sessions.kw["bind"].dispose()
+
+
+def test_pilot_plan_prints_each_arms_samples_needed(tmp_path, capsys):
+    url = f"sqlite:///{tmp_path / 'plan.db'}"
+    _store_with_a_run(url)
+    assert cli.main(["plan", "1", "--max-drop", "0.07", "--metric", "accuracy", "--db", url, "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["strategy"] == TWINS[1] and row["n"] == 200
+    assert row["drop"] == pytest.approx(8 / 200)  # 12 lost, 4 gained
+    assert row["discordance"] == pytest.approx(16 / 200)
+    assert row["drop_ci_high"] > 0.07  # not met with confidence on 200 samples
+    # (1.96 * sqrt(0.08 - 0.04^2) / (0.07 - 0.04))^2 = 334.6
+    assert row["samples_needed"] == samples_for_accuracy(0.04, 0.08, 0.07) == 335
+    assert row["reason"] == ASSUMES
+    assert cli.main(["plan", "1", "--max-drop", "0.07", "--metric", "accuracy", "--db", url]) == 0
+    assert "label about 135 more images (335 paired samples in all)" in capsys.readouterr().out
+    assert cli.main(["plan", "pilot-a", "--max-drop", "0.03", "--db", url]) == 0
+    out = capsys.readouterr().out
+    assert "more samples will not help" in out and _short(TWINS[1]) in out
+    assert cli.main(["plan", "1", "--max-drop", "0.2", "--metric", "accuracy", "--db", url]) == 0
+    assert "met with confidence" in capsys.readouterr().out
+
+
+def test_progress_bars_only_on_a_terminal_and_no_download_bars(tmp_path, monkeypatch):
+    import pilot.runner
+
+    seen = {}
+
+    def fake_execute(settings, **kwargs):
+        seen["progress"] = kwargs["progress"]
+        raise KeyboardInterrupt  # stop before any work: `pilot run` returns 130
+
+    monkeypatch.setattr(pilot.runner, "execute", fake_execute)
+    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
+    for tty in (False, True):
+        stream = io.StringIO()
+        stream.isatty = lambda tty=tty: tty
+        monkeypatch.setattr("sys.stderr", stream)
+        assert cli.main(["run", "--db", f"sqlite:///{tmp_path / 'x.db'}"]) == 130
+        assert seen["progress"] is tty
+    import os
+
+    assert os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1"
+
+
+def test_optuna_info_lines_are_off_unless_verbose(monkeypatch):
+    import tuner.study as study_module
+
+    levels = []
+    monkeypatch.setattr(study_module, "_tune", lambda *args: levels.append(optuna.logging.get_verbosity()) or {})
+    optuna.logging.set_verbosity(optuna.logging.INFO)
+    settings = study_module.TuneSettings()
+    study_module.tune(settings)
+    study_module.tune(settings, verbose=True)
+    assert levels == [logging.WARNING, logging.INFO]
+    assert optuna.logging.get_verbosity() == logging.INFO  # restored afterwards
+    assert cli.build_parser().parse_args(["tune", "--verbose"]).verbose
