@@ -211,8 +211,8 @@ def test_qwen_configs_are_read(qwen_models):
     mixed["text_config"]["mlp_only_layers"] = [0]
     with pytest.raises(ValueError, match="mlp_only_layers"):
         ModelDims.from_config(mixed)
-    with pytest.raises(ValueError, match="'idefics3'.*llava, llava_next, qwen2_5_vl, qwen3_vl"):
-        ModelDims.from_config({**preset, "model_type": "idefics3"})
+    with pytest.raises(ValueError, match="'fuyu'.*llava, llava_next, qwen2_5_vl, qwen3_vl"):
+        ModelDims.from_config({**preset, "model_type": "fuyu"})
 
 
 def test_eq7_counts_grouped_kv_as_it_is():

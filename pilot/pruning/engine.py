@@ -33,6 +33,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from pilot.pruning import families
 from pilot.pruning.families import VisualInputs, compact_positions
+from pilot.pruning.families.base import decoder_layer_types
 from pilot.pruning.scores import normalise, query_attention, token_transition
 from pilot.pruning.strategies import (
     RandomPrune,
@@ -197,7 +198,7 @@ class PruningHandle:
         self.depth = len(self.language_model.layers)
         # Each layer's attention type (full, or sliding window) sets its mask and rotary embedding.
         config = self.language_model.config
-        self.layer_types = list(getattr(config, "layer_types", None) or ["full_attention"] * self.depth)
+        self.layer_types = decoder_layer_types(config, self.depth)
         self.layer_kinds = sorted(set(self.layer_types))
         self.sliding_window = getattr(config, "sliding_window", None)
         self.strategy = parse(strategy).resolve(self.depth)
@@ -345,9 +346,9 @@ class PruningHandle:
             visual_tokens_per_layer=torch.zeros(batch, self.depth, dtype=torch.long),
         )
         if strategy.pool_factor > 1:
-            layout, trace.pooled_origin, additions = self._pool(layout, additions)
+            layout, trace.pooled_origin, additions = self._pool(layout, visual, additions)
         if strategy.before_lm_keep is not None:
-            keep_visual, stage_trace = self._select_diverse(layout, strategy.before_lm_keep)
+            keep_visual, stage_trace = self._select_diverse(layout, visual, strategy.before_lm_keep)
             trace.stages.append(stage_trace)
             layout, _ = _repack(layout, (layout.valid & (layout.visual_index < 0)) | keep_visual, self.position_mode)
 
@@ -475,7 +476,7 @@ class PruningHandle:
         )
         return keep_visual, stage_trace
 
-    def _select_diverse(self, layout: _Layout, keep: float):
+    def _select_diverse(self, layout: _Layout, visual: VisualInputs, keep: float):
         """DivPrune: per image, the greedy max-min cosine-diverse ``keep`` share of its tokens."""
         candidates = layout.visual
         chosen = torch.zeros_like(candidates)
@@ -492,7 +493,7 @@ class PruningHandle:
                 tokens = layout.hidden[row, present]
                 positions = layout.positions[row, present]
                 offset = 0
-                for image in self.family.image_grids(self.model, tokens, positions, _run_lengths(present)):
+                for image in self._image_grids(visual, row, tokens, positions, present):
                     size = sum(g.length for g in image)
                     picked, spread = max_min_diverse(tokens[offset : offset + size], kept_count(size, keep))
                     chosen[row, present[offset + picked]] = True
@@ -506,7 +507,14 @@ class PruningHandle:
         )
         return chosen, stage_trace
 
-    def _pool(self, layout: _Layout, additions: dict[int, torch.Tensor]):
+    def _image_grids(self, visual: VisualInputs, row: int, tokens, positions, columns) -> list:
+        """Sample ``row``'s image grids: exact from the prompt's token ids where the family reads
+        them there, else from its visual tokens, their positions and runs (``columns``: where they sit)."""
+        if visual.grids is not None and visual.grids[row] is not None:
+            return visual.grids[row]
+        return self.family.image_grids(self.model, tokens, positions, _run_lengths(columns))
+
+    def _pool(self, layout: _Layout, visual: VisualInputs, additions: dict[int, torch.Tensor]):
         """TokenPool: replace each image's visual tokens by their average-pooled grid.
 
         A pooled token stands for its window's top-left token: it takes that token's visual
@@ -524,28 +532,23 @@ class PruningHandle:
             block = layout.block[row, present]
             is_visual = index >= 0
             visual_positions = positions[is_visual]  # by visual index: they are in order
-            image_starts = torch.nonzero(is_visual).flatten().tolist()
-            hidden_pieces, index_pieces, position_pieces, block_pieces, cursor, offset = [], [], [], [], 0, 0
-            run_lengths = _run_lengths(torch.nonzero(is_visual).flatten())
-            grids = self.family.image_grids(self.model, tokens[is_visual], visual_positions, run_lengths)
+            visual_at = torch.nonzero(is_visual).flatten()  # the row's visual tokens, in visual-index order
+            visual_tokens = tokens[visual_at]
+            grids = self._image_grids(visual, row, visual_tokens, visual_positions, visual_at)
+            # Pooled tokens take their window's top-left token's place; text (separators such as
+            # Pixtral's [IMG_BREAK] between an image's rows) stays where it is.
+            keep, hidden_row, offset = ~is_visual, tokens.clone(), 0
             for image in grids:
                 size = sum(g.length for g in image)
-                start = image_starts[offset]
-                pooled, origin = families.pool_visual(tokens[start : start + size], image, factor)
+                pooled, origin = families.pool_visual(visual_tokens[offset : offset + size], image, factor)
                 origin = origin + offset
                 for values in additions.values():
                     values[row, origin] = families.pool_visual(values[row, offset : offset + size], image, factor)[0]
-                hidden_pieces += [tokens[cursor:start], pooled]
-                index_pieces += [index[cursor:start], origin]
-                position_pieces += [positions[cursor:start], visual_positions[origin]]
-                block_pieces += [block[cursor:start], block[start : start + 1].expand(len(origin))]
-                cursor, offset = start + size, offset + size
-            hidden_pieces.append(tokens[cursor:])
-            index_pieces.append(index[cursor:])
-            position_pieces.append(positions[cursor:])
-            block_pieces.append(block[cursor:])
-            rows.append(tuple(torch.cat(pieces) for pieces in (hidden_pieces, index_pieces, position_pieces,
-                                                                block_pieces)))
+                hidden_row[visual_at[origin]] = pooled
+                keep[visual_at[origin]] = True
+                offset += size
+            keep[visual_at[offset:]] = True  # visual tokens after every image's grids pass through, as before
+            rows.append((hidden_row[keep], index[keep], positions[keep], block[keep]))
         length = max(len(hidden) for hidden, *_ in rows)
         batch = len(rows)
         hidden = layout.hidden.new_zeros(batch, length, layout.hidden.shape[-1])

@@ -26,6 +26,21 @@ Vision towers:
 
 * LLaVA / LLaVA-NeXT: a CLIP tower on fixed 336 px crops (1 per image; NeXT adds anyres tiles),
   then a two-layer projector. Sized by ``crops``.
+* The other fixed-crop towers, sized by ``crops`` too (from a count alone: the visual tokens over
+  the LM tokens per crop): LLaVA-OneVision, a SigLIP tower (no CLS token) on 384 px crops, the
+  base crop and the anyres crops, and LLaVA's two-layer projector on every crop patch (the
+  anyres grid is unpadded and may be shrunk afterwards, and a newline feature ends each row, so
+  its token count only approximates crops x 729); InternVL, an InternViT tower (CLS token) on
+  448 px tiles, pixel-shuffled by ``downsample_ratio`` (4 patches per token) into a norm + two
+  linears projector; SmolVLM / Idefics3, a SigLIP tower on 384 / 512 px tiles and the global
+  image, pixel-shuffled by ``scale_factor`` into one linear. Every crop's tokens attend to
+  each other only.
+* Mistral 3 (dynamic resolution): a Pixtral tower (gated MLP) on every 14 px patch of each image,
+  then the projector: patch merger (2x2 patches into one), two linears. The images of a batch
+  run as one sequence with a block-diagonal mask, so the kernels compute the full square over
+  all their patches. Sized like Qwen: ``visual_tokens_original`` (one image) or ``image_grids``
+  rows (1, h / 14, w / 14). (Batched with a larger image, an image's patch embedding also runs
+  on its padding: not counted.)
 * Qwen2.5-VL / Qwen3-VL (dynamic resolution): each image (or video frame) is cut into
   ``patch x patch`` pixel patches (``temporal_patch`` frames deep), the tower runs on all
   ``merged tokens * spatial_merge^2`` patches, and the merger folds each 2x2 block into one LLM
@@ -56,16 +71,26 @@ from pilot.pruning.strategies import Strategy, kept_count, parse
 
 LLAVA_FAMILIES = ("llava", "llava_next")
 QWEN_FAMILIES = ("qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
-SUPPORTED_MODEL_TYPES = LLAVA_FAMILIES + QWEN_FAMILIES
+# Fixed-size crops (tiles) like LLaVA's, other towers and projectors.
+CROP_FAMILIES = ("llava_onevision", "internvl", "smolvlm", "idefics3")
+PIXTRAL_FAMILIES = ("mistral3",)  # dynamic resolution
+SUPPORTED_MODEL_TYPES = LLAVA_FAMILIES + QWEN_FAMILIES + CROP_FAMILIES + PIXTRAL_FAMILIES
 
 # The ``pilot flops`` default for dynamic-resolution models: 1024 merged tokens, a 896x896 image
 # for Qwen2.5-VL (28 px per token) and 1024x1024 for Qwen3-VL (32 px per token).
 QWEN_DEFAULT_VISUAL_TOKENS = 1024
+# Typical images of the other families: InternVL, a 4:3 image in 3x2 tiles and the thumbnail;
+# SmolVLM, a square image at the processor's largest size (4x4 tiles and the global image);
+# LLaVA-OneVision, a square image in 3x3 crops (anyres_max_9's budget) and the base crop;
+# Mistral 3, as Qwen, 1024 merged tokens (an 896x896 image).
+CROPS_PER_IMAGE = {"internvl": 7, "smolvlm": 17, "idefics3": 17}
+ONEVISION_DEFAULT_CROPS_SIDE = 3
 
 
 @dataclass(frozen=True)
 class ModelDims:
-    """The dimensions the cost model needs, read from a LLaVA, LLaVA-NeXT, Qwen2.5-VL or Qwen3-VL config.
+    """The dimensions the cost model needs, read from the config of a supported family
+    (``SUPPORTED_MODEL_TYPES``).
 
     Widths are in features, ``patch`` and ``image_size`` / ``vision_window_size`` in pixels.
     """
@@ -81,9 +106,11 @@ class ModelDims:
     vision_intermediate: int
     vision_layers: int
     patch: int
-    image_size: int = 0  # LLaVA crop side; 0 for dynamic-resolution families
+    image_size: int = 0  # crop (tile) side; 0 for dynamic-resolution families
     feature_layers: int = 1  # vision layers concatenated into the projector input
     next: bool = False  # LLaVA-NeXT (anyres crops)
+    vision_cls: bool = True  # the tower adds a CLS token (CLIP, InternViT; not SigLIP, Pixtral)
+    downsample: int = 1  # pixel shuffle: downsample x downsample patches per LM token (InternVL, SmolVLM)
     family: str = "llava"  # one of SUPPORTED_MODEL_TYPES
     # Dynamic-resolution (Qwen) vision tower.
     spatial_merge: int = 1  # merger folds spatial_merge x spatial_merge patches into one token
@@ -100,13 +127,18 @@ class ModelDims:
 
     @property
     def dynamic_resolution(self) -> bool:
-        return self.family in QWEN_FAMILIES
+        return self.family in QWEN_FAMILIES + PIXTRAL_FAMILIES
 
     @property
     def patches_per_crop(self) -> int:
         if self.dynamic_resolution:
             raise ValueError(f"{self.family}: dynamic resolution has no fixed crop; size the tower by its tokens")
         return (self.image_size // self.patch) ** 2
+
+    @property
+    def tokens_per_crop(self) -> int:
+        """LM tokens of one crop (tile): its patches, fewer after a pixel shuffle."""
+        return self.patches_per_crop // self.downsample**2
 
     @property
     def q_width(self) -> int:
@@ -132,6 +164,11 @@ class ModelDims:
             return cls._from_llava(data)
         if model_type in QWEN_FAMILIES:
             return cls._from_qwen(data)
+        if model_type in CROP_FAMILIES + PIXTRAL_FAMILIES:
+            try:
+                return cls._from_crops_or_pixtral(data)
+            except KeyError as missing:
+                raise ValueError(f"model_type {model_type!r}: its config has no {missing}") from None
         raise ValueError(f"model_type {model_type!r} is not supported (supported: {', '.join(SUPPORTED_MODEL_TYPES)})")
 
     @classmethod
@@ -184,6 +221,38 @@ class ModelDims:
         )
 
 
+    @classmethod
+    def _from_crops_or_pixtral(cls, data: dict) -> ModelDims:
+        """LLaVA-OneVision, InternVL, SmolVLM / Idefics3 (fixed crops) and Mistral 3 (Pixtral)."""
+        family = data["model_type"]
+        text, vision = data["text_config"], data["vision_config"]
+        feature_layer = data.get("vision_feature_layer", -1)
+        common = dict(
+            **_text_dims(text),
+            vision_hidden=vision["hidden_size"],
+            vision_intermediate=vision["intermediate_size"],
+            vision_layers=vision["num_hidden_layers"],
+            patch=_side(vision["patch_size"]),
+            family=family,
+            feature_layers=1 if isinstance(feature_layer, int) else len(feature_layer),
+        )
+        if family == "mistral3":
+            return cls(**common, spatial_merge=data.get("spatial_merge_size", 2), vision_out_hidden=text["hidden_size"],
+                       vision_gated_mlp=True, vision_cls=False)
+        downsample = 1
+        if family == "internvl":
+            downsample = round(1 / data.get("downsample_ratio", 0.5))
+        elif family in ("smolvlm", "idefics3"):
+            downsample = data.get("scale_factor", 2)
+        return cls(**common, image_size=_side(vision["image_size"]), vision_cls=family == "internvl",
+                   downsample=downsample)
+
+
+def _side(value) -> int:
+    """A square size given as an int or as [height, width] (InternVL)."""
+    return int(value[0]) if isinstance(value, (list, tuple)) else int(value)
+
+
 def _text_dims(text: dict) -> dict:
     heads = text["num_attention_heads"]
     return dict(
@@ -232,6 +301,47 @@ PRESETS["qwen3-vl-8b"] = {
 }
 
 
+# Public config.json dimensions (transformers layout) of OpenGVLab/InternVL3-8B-hf (InternViT-300M,
+# Qwen2.5-7B), llava-hf/llava-onevision-qwen2-7b-ov-hf (SigLIP-so400m without its last layer,
+# Qwen2-7B), mistralai/Mistral-Small-3.1-24B-Instruct-2503 (Pixtral, Mistral Small 24B) and
+# HuggingFaceTB/SmolVLM2-2.2B-Instruct (SigLIP-so400m, SmolLM2-1.7B).
+PRESETS["internvl3-8b"] = {
+    "model_type": "internvl",
+    "text_config": {"hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
+                    "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 151674},
+    "vision_config": {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24,
+                      "num_attention_heads": 16, "patch_size": [14, 14], "image_size": [448, 448]},
+    "downsample_ratio": 0.5,
+    "vision_feature_layer": -1,
+}
+PRESETS["llava-onevision-7b"] = {
+    "model_type": "llava_onevision",
+    "text_config": {"hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
+                    "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 152128},
+    "vision_config": {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 26,
+                      "num_attention_heads": 16, "patch_size": 14, "image_size": 384},
+    "vision_feature_layer": -1,
+    "vision_aspect_ratio": "anyres_max_9",
+}
+PRESETS["mistral-small-3.1-24b"] = {
+    "model_type": "mistral3",
+    "text_config": {"hidden_size": 5120, "intermediate_size": 32768, "num_hidden_layers": 40,
+                    "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 131072},
+    "vision_config": {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24,
+                      "num_attention_heads": 16, "head_dim": 64, "patch_size": 14, "image_size": 1540},
+    "spatial_merge_size": 2,
+    "vision_feature_layer": -1,
+}
+PRESETS["smolvlm2-2.2b"] = {
+    "model_type": "smolvlm",
+    "text_config": {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 24,
+                    "num_attention_heads": 32, "num_key_value_heads": 32, "vocab_size": 49280},
+    "vision_config": {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27,
+                      "num_attention_heads": 16, "patch_size": 14, "image_size": 384},
+    "scale_factor": 3,
+}
+
+
 def load_dims(config: str | Path | dict) -> ModelDims:
     """Dimensions from a preset name, a ``config.json`` path, a checkpoint folder or a dict."""
     if isinstance(config, dict):
@@ -252,9 +362,16 @@ def load_dims(config: str | Path | dict) -> ModelDims:
 
 
 def default_visual_tokens(dims: ModelDims) -> int:
-    """Visual tokens of one typical image: a LLaVA crop (576), the paper's LLaVA-NeXT 2880, or 1024 for Qwen."""
+    """Visual tokens of one typical image: a LLaVA crop (576), the paper's LLaVA-NeXT 2880, 1024 for
+    Qwen and Mistral 3, and for the other crop families ``CROPS_PER_IMAGE`` / a 3x3-crop OneVision
+    image (base grid plus the anyres grid with a newline per row)."""
     if dims.dynamic_resolution:
         return QWEN_DEFAULT_VISUAL_TOKENS
+    if dims.family == "llava_onevision":
+        side = dims.image_size // dims.patch * ONEVISION_DEFAULT_CROPS_SIDE
+        return dims.patches_per_crop + side * (side + 1)
+    if dims.family in CROPS_PER_IMAGE:
+        return dims.tokens_per_crop * CROPS_PER_IMAGE[dims.family]
     return dims.patches_per_crop * (5 if dims.next else 1)
 
 
@@ -314,7 +431,7 @@ def visual_tokens_per_layer(
                 merged = [(h // s, w // s) for h, w in _frames(dims, image_grids)]
             current = pooled_count(n_visual, strategy.pool_factor, grids=merged)
         else:
-            current = pooled_count(n_visual, strategy.pool_factor, dims.patches_per_crop)
+            current = pooled_count(n_visual, strategy.pool_factor, dims.tokens_per_crop)
     if getattr(strategy, "mass", None):
         raise ValueError(f"{strategy}: a score-mass schedule keeps a different count per image; measure it with a run")
     if strategy.before_lm_keep is not None:  # DivPrune; from a count alone, one image
@@ -341,13 +458,33 @@ def paper_flops(dims: ModelDims, tokens_per_layer: list[int]) -> float:
 
 
 def _vision_flops(dims: ModelDims, crops: int) -> float:
-    """LLaVA: CLIP tower (with its CLS token) and projector, per fixed-size crop."""
-    patches, dv, mv = dims.patches_per_crop, dims.vision_hidden, dims.vision_intermediate
-    tokens = patches + 1  # CLS
+    """Fixed-size crops: the tower (CLIP / InternViT with a CLS token, SigLIP without) and the
+    projector, per crop. LLaVA, LLaVA-NeXT, LLaVA-OneVision: two linears on every patch;
+    InternVL: two linears on every pixel-shuffled token; SmolVLM / Idefics3: one linear."""
+    patches, dv, mv, d = dims.patches_per_crop, dims.vision_hidden, dims.vision_intermediate, dims.hidden
+    tokens = patches + int(dims.vision_cls)
     embed = 2 * patches * 3 * dims.patch**2 * dv
     layer = 2 * tokens * 4 * dv * dv + 4 * tokens * tokens * dv + 4 * tokens * dv * mv
-    projector = 2 * patches * (dv * dims.feature_layers * dims.hidden + dims.hidden * dims.hidden)
+    shuffled = dv * dims.feature_layers * dims.downsample**2  # projector input width per LM token
+    if dims.family == "internvl":
+        projector = 2 * dims.tokens_per_crop * (shuffled * d + d * d)
+    elif dims.family in ("smolvlm", "idefics3"):
+        projector = 2 * dims.tokens_per_crop * shuffled * d
+    else:
+        projector = 2 * patches * (shuffled * d + d * d)
     return float(crops * (embed + dims.vision_layers * layer + projector))
+
+
+def _pixtral_vision_flops(dims: ModelDims, merged_tokens: int, image_grids: Sequence[Sequence[int]] | None) -> float:
+    """Mistral 3: Pixtral tower (gated MLP) over all images' patches as one sequence (the
+    block-diagonal mask leaves the square to compute), patch merger and two linears."""
+    s, dv, mv, d = dims.spatial_merge, dims.vision_hidden, dims.vision_intermediate, dims.hidden
+    patches = sum(h * w for h, w in _frames(dims, image_grids)) if image_grids is not None else merged_tokens * s * s
+    embed = 2 * patches * 3 * dims.patch**2 * dv
+    layer = 2 * patches * 4 * dv * dv + 4 * patches * patches * dv + 2 * 3 * patches * dv * mv
+    merged = patches // (s * s)
+    projector = 2 * merged * (dv * s * s * dv + dv * dims.feature_layers * d + d * d)
+    return float(embed + dims.vision_layers * layer + projector)
 
 
 def _window_square_sum(side_merged: int, window_merged: int) -> int:
@@ -445,7 +582,8 @@ def full_prefill_flops(
             raise ValueError("give visual_tokens_original (or image_grids) for a pooled strategy")
         else:
             merged = tokens_per_layer[0] if tokens_per_layer else 0
-        total = _qwen_vision_flops(dims, merged, image_grids) if merged else 0.0
+        tower = _pixtral_vision_flops if dims.family in PIXTRAL_FAMILIES else _qwen_vision_flops
+        total = tower(dims, merged, image_grids) if merged else 0.0
     else:
         if crops is None:
             original = visual_tokens_original
@@ -453,7 +591,7 @@ def full_prefill_flops(
                 if pooled:
                     raise ValueError("give crops (or visual_tokens_original) explicitly for a pooled strategy")
                 original = tokens_per_layer[0] if tokens_per_layer else 0
-            crops = max(1, round(original / dims.patches_per_crop)) if original else 0
+            crops = max(1, round(original / dims.tokens_per_crop)) if original else 0
         total = _vision_flops(dims, crops) if crops else 0.0
     total += sum(_llm_layer_flops(dims, text_tokens + n) for n in tokens_per_layer)
     if strategy.score_queries is not None:  # attention scores: the last token, or the instruction
@@ -483,7 +621,7 @@ def estimate(
     strategy = parse(strategy).resolve(dims.layers)
     tower: dict = {"visual_tokens_original": n_visual, "image_grids": image_grids}
     if not dims.dynamic_resolution:
-        tower = {"crops": max(1, round(n_visual / dims.patches_per_crop))}
+        tower = {"crops": max(1, round(n_visual / dims.tokens_per_crop))}
     baseline_counts = [n_visual] * dims.layers
     pruned_counts = visual_tokens_per_layer(strategy, n_visual, dims, image_grids)
     baseline_full = full_prefill_flops(dims, baseline_counts, text_tokens, "baseline", **tower)

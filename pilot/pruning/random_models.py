@@ -290,6 +290,7 @@ def random_llava_onevision(
         vision_config=dict(
             model_type="siglip_vision_model", image_size=image_size, patch_size=patch, hidden_size=vision_hidden,
             intermediate_size=vision_hidden * 2, num_hidden_layers=vision_layers, num_attention_heads=vision_heads,
+            vision_use_head=False,  # as the released configs: no attention-pooling head
         ),
         image_token_index=ONEVISION_IMAGE_TOKEN, video_token_index=ONEVISION_VIDEO_TOKEN,
         image_grid_pinpoints=pinpoints, vision_aspect_ratio=vision_aspect_ratio, vision_feature_layer=-1,
@@ -311,13 +312,15 @@ def random_internvl(
     vision_hidden: int = 32,
     vision_layers: int = 2,
     vision_heads: int = 2,
+    lm: str = "qwen2",
     attn: str = "sdpa",
     dtype: torch.dtype = torch.float32,
     seed: int = 0,
     device: str | torch.device = "cpu",
 ):
     """An InternVL with random weights: each tile of ``image_size`` pixels gives (image_size / patch)^2
-    patches, pixel-shuffled by 0.5 into a 4x4 grid of 16 tokens; a Qwen2 LM.
+    patches, pixel-shuffled by 0.5 into a 4x4 grid of 16 tokens; a Qwen2 LM (``lm="qwen3"``: a
+    Qwen3 LM, as in InternVL3.5).
 
     Token ids: <img> 3, </img> 4, <IMG_CONTEXT> 5.
     """
@@ -326,7 +329,8 @@ def random_internvl(
     torch.manual_seed(seed)
     side = image_size // patch // 2
     config = InternVLConfig(
-        text_config=dict(model_type="qwen2", **_text_config(layers, hidden, intermediate, heads, kv_heads, vocab)),
+        text_config=dict(model_type=lm, **_text_config(layers, hidden, intermediate, heads, kv_heads, vocab,
+                                                       head_dim=hidden // heads)),
         vision_config=dict(
             image_size=image_size, patch_size=patch, hidden_size=vision_hidden, intermediate_size=vision_hidden * 2,
             num_hidden_layers=vision_layers, num_attention_heads=vision_heads,

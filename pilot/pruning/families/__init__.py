@@ -17,12 +17,19 @@ from pilot.pruning.families.base import (
     pool_visual,
 )
 from pilot.pruning.families.gemma3 import Gemma3
+from pilot.pruning.families.internvl import InternVL
 from pilot.pruning.families.llava import Llava
 from pilot.pruning.families.llava_next import LlavaNext, next_image_grids
+from pilot.pruning.families.llava_onevision import LlavaOnevision, onevision_image_grids
+from pilot.pruning.families.mistral3 import Mistral3
 from pilot.pruning.families.qwen2_5_vl import Qwen2_5_VL
 from pilot.pruning.families.qwen3_vl import Qwen3VL
+from pilot.pruning.families.smolvlm import Idefics3, SmolVLM
 
-FAMILIES: tuple[Family, ...] = (Llava(), LlavaNext(), Qwen2_5_VL(), Qwen3VL(), Gemma3())
+FAMILIES: tuple[Family, ...] = (
+    Llava(), LlavaNext(), Qwen2_5_VL(), Qwen3VL(), Gemma3(),
+    LlavaOnevision(), InternVL(), Mistral3(), SmolVLM(), Idefics3(),
+)
 SUPPORTED_CLASSES: tuple[str, ...] = tuple(name for family in FAMILIES for name in family.classes)
 
 
@@ -45,5 +52,5 @@ def by_name(name: str) -> Family:
 
 __all__ = [
     "FAMILIES", "SUPPORTED_CLASSES", "Family", "GridSegment", "VisualInputs", "by_name", "compact_positions",
-    "for_model", "next_image_grids", "per_sample_visual", "pool_visual",
+    "for_model", "next_image_grids", "onevision_image_grids", "per_sample_visual", "pool_visual",
 ]

@@ -50,11 +50,14 @@ class VisualInputs:
     """What one forward call's inputs say about its visual tokens: ``mask`` [batch, seq] marks
     the visual-token positions (None when the inputs cannot tell); ``attention_mask`` the 2D
     padding mask (for families whose LM receives prepared 4-D masks); ``block`` the groups of
-    tokens that attend to each other both ways in prefill."""
+    tokens that attend to each other both ways in prefill; ``grids`` each sample's image grids
+    where the family reads them exactly off the prompt's token ids (else None: the engine asks
+    ``image_grids``)."""
 
     mask: torch.Tensor | None
     attention_mask: torch.Tensor | None = None  # the 2D padding mask the multimodal forward was given
     block: torch.Tensor | None = None  # [batch, seq] long: bidirectional blocks (Gemma 3's images), -1 none
+    grids: list[list[list[GridSegment]] | None] | None = None  # per sample, read off the token ids
 
 
 class Family:
@@ -69,7 +72,8 @@ class Family:
     layer_norms: tuple[str, str | None, str, str | None] = (
         "input_layernorm", None, "post_attention_layernorm", None,
     )
-    layer_types: tuple[str, ...] = ("full_attention",)  # attention types whose pattern the engine reproduces
+    # Attention types whose pattern the engine reproduces for this family (see ``decoder_layer_types``).
+    layer_types: tuple[str, ...] = ("full_attention", "sliding_attention")
 
     # -- 1. the decoder stack ----------------------------------------------------------------
     def language_model(self, model: nn.Module) -> nn.Module:
@@ -97,7 +101,7 @@ class Family:
                 f"{name}: attention implementation {impl!r} is not supported; load the model with "
                 f"attn_implementation='sdpa' or 'eager'"
             )
-        layer_types = getattr(language_model.config, "layer_types", None) or []
+        layer_types = decoder_layer_types(language_model.config, len(language_model.layers))
         unknown = sorted(set(layer_types) - set(self.layer_types))
         if unknown:
             raise ValueError(
@@ -122,7 +126,16 @@ class Family:
 
     def visual_inputs(self, model: nn.Module, inputs: dict) -> VisualInputs:
         """Visual-token positions from the multimodal forward's keyword arguments."""
-        return VisualInputs(self._token_mask(model, inputs), inputs.get("attention_mask"))
+        mask = self._token_mask(model, inputs)
+        grids = None
+        if mask is not None and inputs.get("input_ids") is not None and bool(mask.any()):
+            grids = self.prompt_grids(model, inputs)
+        return VisualInputs(mask, inputs.get("attention_mask"), grids=grids)
+
+    def prompt_grids(self, model: nn.Module, inputs: dict) -> list[list[list[GridSegment]] | None] | None:
+        """Per sample, its images' grids read exactly off the prompt's token ids (and image sizes),
+        or None where the token ids do not tell (then ``image_grids`` reads the LM's inputs)."""
+        return None
 
     def _token_mask(self, model: nn.Module, inputs: dict) -> torch.Tensor | None:
         ids = self.visual_token_ids(model.config)
@@ -171,6 +184,18 @@ class Family:
     def lm_kwargs_handled(self) -> tuple[str, ...]:
         """Keyword arguments of the LM forward that ``visual_additions`` consumes."""
         return ()
+
+
+def decoder_layer_types(config, depth: int) -> list[str]:
+    """Each decoder layer's attention type, as transformers' caches read them: the config's
+    ``layer_types``, else every layer a sliding window when ``sliding_window`` is set (Mistral)."""
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types:
+        return list(layer_types)
+    if getattr(config, "attention_chunk_size", None) is not None:
+        return ["chunked_attention"] * depth
+    kind = "sliding_attention" if getattr(config, "sliding_window", None) is not None else "full_attention"
+    return [kind] * depth
 
 
 def compact_positions(valid: torch.Tensor) -> torch.Tensor:

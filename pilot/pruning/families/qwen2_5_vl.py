@@ -32,6 +32,7 @@ class Qwen2_5_VL(Family):
     classes = ("Qwen2_5_VLForConditionalGeneration",)
     position_modes = ("original",)
     position_axes = 3
+    layer_types = ("full_attention",)  # use_sliding_window (off in the released models) is not reproduced
     position_modes_reason = (
         "M-RoPE places each visual token by its row and column, and the text after an image continues "
         "from the image's extent, not its token count, so there is no gap to close after a drop."

@@ -1,0 +1,115 @@
+"""LLaVA-OneVision (``LlavaOnevisionForConditionalGeneration``): a Qwen2 LM; 1-D positions; plain
+causal attention.
+
+Visual tokens (``config.image_token_id``), as ``LlavaOnevisionModel.pack_image_features`` lays
+them out:
+
+* one image in the sample (anyres): the square base grid of one SigLIP crop ((384/14)^2 = 27 x 27
+  = 729 tokens), then the unpadded high-resolution grid of the anyres crops, each of its rows
+  followed by the model's ``image_newline`` feature; with ``anyres_max_N`` a grid larger than
+  N crops (by more than 10 %) is first shrunk by bilinear interpolation, so its size is read
+  off the tokens, not computed from the image size;
+* several images in the sample (``batch_num_images`` > 1): each image is its base grid followed
+  by one ``image_newline`` feature.
+
+The newline is a visual feature in the place of an image token, as in LLaVA-NeXT: it is a
+pruning candidate like any image token, and pooling keeps one per pooled row (a lone trailing
+newline is a 1 x 1 grid that pooling passes through unchanged).
+
+Video tokens (``video_token_id``: pooled frames and one trailing newline) are not pruned: they
+are text to the engine. Telling a video's frames from an image's grids among the visual tokens
+needs each run's token id, which ``image_grids`` does not receive.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from pilot.pruning.families.base import Family, GridSegment
+from pilot.pruning.families.internvl import prompt_rows
+from pilot.pruning.families.llava import grid_side
+
+
+def onevision_image_grids(config, image_size, multi_image: bool = False) -> list[GridSegment]:
+    """The grids of one image of ``image_size`` (height, width) pixels, as the stock model packs
+    them: the base grid, then the anyres grid with newlines (or, in a multi-image sample, one
+    trailing newline as a 1 x 1 grid)."""
+    from transformers.models.llava_onevision.modeling_llava_onevision import (
+        get_anyres_image_grid_shape,
+        unpad_image,
+    )
+
+    side = grid_side(config)
+    base = GridSegment(0, side, side)
+    if multi_image:
+        return [base, GridSegment(side * side, 1, 1)]
+    patches_h, patches_w = get_anyres_image_grid_shape(
+        image_size, config.image_grid_pinpoints, config.vision_config.image_size
+    )
+    rows, cols = unpad_image(torch.empty(0, patches_h * side, patches_w * side), image_size).shape[1:]
+    max_crops = int(config.vision_aspect_ratio.removeprefix("anyres_max_"))
+    ratio = math.sqrt(rows * cols / (max_crops * side**2))
+    if ratio > 1.1:
+        rows, cols = int(rows // ratio), int(cols // ratio)
+    return [base, GridSegment(side * side, rows, cols, newline=True)]
+
+
+class LlavaOnevision(Family):
+    name = "llava_onevision"
+    classes = ("LlavaOnevisionForConditionalGeneration",)
+    # compact first, as for LLaVA: renumbering after each drop is what the TransPrune authors' code does.
+    position_modes = ("compact", "original")
+
+    def image_grids(self, model: nn.Module, visual_tokens: torch.Tensor, visual_positions: torch.Tensor,
+                    run_lengths: list[int]) -> list[list[GridSegment]]:
+        """Read off the tokens (``generate`` passes no image sizes on): after each base grid either
+        a newline follows at once (a multi-image sample) or the anyres grid, whose rows each end
+        with the ``image_newline`` feature."""
+        side = grid_side(model.config)
+        base = side * side
+        count = visual_tokens.shape[0]
+        newline = model.model.image_newline.to(visual_tokens.dtype)
+        is_newline = (visual_tokens == newline).all(dim=-1).tolist()
+        images, start = [], 0
+        while start < count:
+            grid_start = start + base
+            if grid_start >= count or not any(is_newline[grid_start:]):
+                raise ValueError(
+                    f"{type(model).__name__}: cannot read the grid of an image at visual token {start} "
+                    f"(no newline feature after its {side}x{side} base grid)"
+                )
+            if is_newline[grid_start]:  # multi-image: the base grid and one newline
+                images.append([GridSegment(0, side, side), GridSegment(base, 1, 1)])
+                start = grid_start + 1
+                continue
+            cols = is_newline.index(True, grid_start) - grid_start
+            rows = 0
+            while grid_start + rows * (cols + 1) + cols < count and is_newline[grid_start + rows * (cols + 1) + cols]:
+                rows += 1
+            images.append([GridSegment(0, side, side), GridSegment(base, rows, cols, newline=True)])
+            start = grid_start + rows * (cols + 1)
+        return images
+
+    def prompt_grids(self, model: nn.Module, inputs: dict) -> list[list[list[GridSegment]] | None]:
+        """Per sample, its images' grids from the processor's ``image_sizes`` and
+        ``batch_num_images`` (for pictures); None where they do not add up to its image tokens."""
+        rows = prompt_rows(inputs)
+        sizes = inputs.get("image_sizes")
+        if sizes is None:
+            return [None] * len(rows)
+        sizes = [tuple(int(v) for v in size) for size in sizes.tolist()]
+        counts = [int((ids == model.config.image_token_id).sum()) for ids in rows]
+        per_sample = inputs.get("batch_num_images")
+        per_sample = per_sample.tolist() if per_sample is not None else [None] * len(rows)
+        out, cursor = [], 0
+        for count, n_images in zip(counts, per_sample, strict=True):
+            images, covered = [], 0
+            while covered < count and cursor < len(sizes) and (n_images is None or len(images) < n_images):
+                images.append(onevision_image_grids(model.config, sizes[cursor], multi_image=(n_images or 1) > 1))
+                covered += sum(g.length for g in images[-1])
+                cursor += 1
+            out.append(images if covered == count else None)
+        return out

@@ -1,0 +1,89 @@
+"""Mistral 3 (``Mistral3ForConditionalGeneration``: Mistral Small 3.1 / 3.2, Devstral): a Pixtral
+vision tower whose patches are merged 2 x 2, a Mistral LM; 1-D positions; plain causal attention.
+
+Visual tokens (``config.image_token_id``, ``[IMG]``): an image of h x w pixels gives h/28 rows of
+w/28 tokens (patch 14, merge 2). The processor writes each row's ``[IMG]`` tokens followed by
+``[IMG_BREAK]``, the last row's by ``[IMG_END]`` instead: the separators are text tokens, so
+they are never pruning candidates, and every row of an image is its own run of visual tokens.
+
+Grids: each image's rows are read off the token ids (``prompt_grids``: a run of ``[IMG]`` is a
+row, ``[IMG_END]`` closes an image); without them, consecutive equal runs one separator apart
+form an image (``pixtral_image_grids``). Pooling gathers an image's tokens by visual index, puts
+each pooled token in its window's top-left token's place and leaves the separators where they are.
+
+Sliding windows: a Mistral LM with ``sliding_window`` set masks keys more than that many tokens
+back on every layer; the engine does the same (``decoder_layer_types``), and its decode masks
+follow the sliding caches.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pilot.pruning.families.base import Family, GridSegment
+from pilot.pruning.families.internvl import prompt_rows, token_runs
+
+
+def pixtral_images(run_lengths: list[int], visual_positions: torch.Tensor) -> list[tuple[int, int, int]]:
+    """Group the runs of ``[IMG]`` tokens (one per image row) into images: (first visual index,
+    rows, cols) each.
+
+    Runs belong to one image while they have the same length and one separator token between
+    them (positions two apart). Two images of the same width written back to back
+    (``...[IMG_END][IMG]...``) read as one: positions cannot tell ``[IMG_END]`` from
+    ``[IMG_BREAK]``; telling them apart needs the prompt's token ids.
+    """
+    images: list[tuple[int, int, int]] = []
+    offset = 0
+    previous_end = None
+    for run in run_lengths:
+        first = int(visual_positions[offset, 0])
+        if images and previous_end is not None and run == images[-1][2] and first == previous_end + 2:
+            start, rows, cols = images[-1]
+            images[-1] = (start, rows + 1, cols)
+        else:
+            images.append((offset, 1, run))
+        previous_end = int(visual_positions[offset + run - 1, 0])
+        offset += run
+    return images
+
+
+def pixtral_image_grids(run_lengths: list[int], visual_positions: torch.Tensor) -> list[list[GridSegment]]:
+    """Each image's rows x cols grid, its ``start`` counted in the image's own visual tokens."""
+    return [[GridSegment(0, rows, cols)] for _, rows, cols in pixtral_images(run_lengths, visual_positions)]
+
+
+class Mistral3(Family):
+    name = "mistral3"
+    classes = ("Mistral3ForConditionalGeneration",)
+    position_modes = ("compact", "original")
+
+    def image_grids(self, model: nn.Module, visual_tokens: torch.Tensor, visual_positions: torch.Tensor,
+                    run_lengths: list[int]) -> list[list[GridSegment]]:
+        """From the runs alone (the prompt's token ids, when given, tell images apart exactly:
+        ``prompt_grids``)."""
+        return pixtral_image_grids(run_lengths, visual_positions)
+
+    def prompt_grids(self, model: nn.Module, inputs: dict) -> list[list[list[GridSegment]] | None]:
+        """Per sample, its images' grids read off the prompt's token ids (exact, for pictures)."""
+        return [pixtral_prompt_images(ids, model.config.image_token_id) for ids in prompt_rows(inputs)]
+
+
+def pixtral_prompt_images(ids: torch.Tensor, image_token: int) -> list[list[GridSegment]] | None:
+    """One sample's images read off its token ids, exactly: a run of ``[IMG]`` is a row, the token
+    after it ``[IMG_BREAK]`` or, after an image's last row, ``[IMG_END]`` (the token after the
+    prompt's last row). None when the rows of an image differ in length."""
+    runs = token_runs(ids, image_token)
+    if not runs:
+        return []
+    after = [int(ids[start + length]) if start + length < len(ids) else -1 for start, length in runs]
+    end, images, rows = after[-1], [], []
+    for (_, length), token in zip(runs, after, strict=True):
+        rows.append(length)
+        if token == end:
+            if len(set(rows)) != 1:
+                return None
+            images.append([GridSegment(0, len(rows), rows[0])])
+            rows = []
+    return images
