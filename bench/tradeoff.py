@@ -82,7 +82,8 @@ def main(argv=None) -> int:
         groups = None
         if args.controls:
             groups = matched_groups(loaded, prepared[0], args.positions)
-            arms = ["baseline"] + [arm for group in groups for arm, _ in group]
+            # A pooling factor may be the nearest for several budgets: run each arm once.
+            arms = ["baseline"] + list(dict.fromkeys(arm for group in groups for arm, _ in group))
         else:
             arms = args.arms or arms_for(loaded.depth, args.positions)
         results: dict[str, list[dict]] = {arm: [] for arm in arms}
