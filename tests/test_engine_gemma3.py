@@ -153,7 +153,10 @@ def test_detach_restores_and_bf16_runs(gemma):
     assert torch.equal(gemma(**inputs).logits, stock)
     model = random_gemma3(dtype=torch.bfloat16)
     inputs["pixel_values"] = inputs["pixel_values"].bfloat16()
-    stock = model(**inputs).logits.float()
+    # A plain forward numbers a left-padded row from its padding on (generate does not); in bf16 the
+    # rotary angles then round differently, so give the stock model the padding-aware positions.
+    positions = (inputs["attention_mask"].cumsum(dim=1) - 1).clamp_min(0)
+    stock = model(**inputs, position_ids=positions).logits.float()
     with attach(model, KEEP_ALL):
         same = model(**inputs).logits.float()
     with attach(model, SCHEDULE):
@@ -215,3 +218,29 @@ def test_refused_configurations_say_why():
     model.model.language_model.config.attn_logit_softcapping = 50.0
     with pytest.raises(ValueError, match="soft-capping"):
         attach(model, "transprune")
+
+
+@torch.no_grad()
+def test_full_prefill_figure_matches_flop_counter():
+    """FlopCounterMode counts eager attention's matmuls (not CPU sdpa kernels): an eager model."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from pilot.pruning.flops import ModelDims, full_prefill_flops, load_dims
+
+    model = random_gemma3(attn="eager", layers=5)
+    inputs = gemma_inputs(model, [1], [5])
+    inputs.pop("attention_mask")
+    ids = inputs["input_ids"][0]
+    visual = torch.nonzero(ids == GEMMA_IMAGE_TOKEN).flatten()
+    text, instruction = len(ids) - len(visual), len(ids) - 1 - int(visual.max())
+    dims = ModelDims.from_config(model.config)
+    assert (dims.family, dims.tokens_per_crop) == ("gemma3", 16)
+    for strategy in ["baseline", "transprune:prune_after=2/3/4,keep=0.75/0.5/0.25", "fastv:after=2,keep=0.5",
+                     "pool:factor=2"]:
+        with attach(model, strategy) as handle, FlopCounterMode(display=False) as counter:
+            model(**inputs, logits_to_keep=1, use_cache=False)
+        estimated = full_prefill_flops(dims, handle.last_trace.visual_tokens_per_layer[0].tolist(), text, strategy,
+                                       instruction, visual_tokens_original=16)
+        assert abs(estimated / counter.get_total_flops() - 1) < 1e-3, strategy
+    preset = load_dims("gemma-3-12b")
+    assert (preset.tokens_per_crop, preset.layers, preset.q_width) == (256, 48, 16 * 256)

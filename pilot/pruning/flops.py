@@ -72,7 +72,7 @@ from pilot.pruning.strategies import Strategy, kept_count, parse
 LLAVA_FAMILIES = ("llava", "llava_next")
 QWEN_FAMILIES = ("qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
 # Fixed-size crops (tiles) like LLaVA's, other towers and projectors.
-CROP_FAMILIES = ("llava_onevision", "internvl", "smolvlm", "idefics3")
+CROP_FAMILIES = ("llava_onevision", "internvl", "smolvlm", "idefics3", "gemma3")
 PIXTRAL_FAMILIES = ("mistral3",)  # dynamic resolution
 SUPPORTED_MODEL_TYPES = LLAVA_FAMILIES + QWEN_FAMILIES + CROP_FAMILIES + PIXTRAL_FAMILIES
 
@@ -83,7 +83,8 @@ QWEN_DEFAULT_VISUAL_TOKENS = 1024
 # SmolVLM, a square image at the processor's largest size (4x4 tiles and the global image);
 # LLaVA-OneVision, a square image in 3x3 crops (anyres_max_9's budget) and the base crop;
 # Mistral 3, as Qwen, 1024 merged tokens (an 896x896 image).
-CROPS_PER_IMAGE = {"internvl": 7, "smolvlm": 17, "idefics3": 17}
+# Gemma 3: one 896-px crop (256 tokens) per image, pan-and-scan off as in its processor's default.
+CROPS_PER_IMAGE = {"internvl": 7, "smolvlm": 17, "idefics3": 17, "gemma3": 1}
 ONEVISION_DEFAULT_CROPS_SIDE = 3
 
 
@@ -223,7 +224,7 @@ class ModelDims:
 
     @classmethod
     def _from_crops_or_pixtral(cls, data: dict) -> ModelDims:
-        """LLaVA-OneVision, InternVL, SmolVLM / Idefics3 (fixed crops) and Mistral 3 (Pixtral)."""
+        """LLaVA-OneVision, InternVL, SmolVLM / Idefics3, Gemma 3 (fixed crops) and Mistral 3 (Pixtral)."""
         family = data["model_type"]
         text, vision = data["text_config"], data["vision_config"]
         feature_layer = data.get("vision_feature_layer", -1)
@@ -244,6 +245,9 @@ class ModelDims:
             downsample = round(1 / data.get("downsample_ratio", 0.5))
         elif family in ("smolvlm", "idefics3"):
             downsample = data.get("scale_factor", 2)
+        elif family == "gemma3":  # the SigLIP grid average-pooled to mm_tokens_per_image tokens
+            side = _side(vision["image_size"]) // _side(vision["patch_size"])
+            downsample = side // math.isqrt(data.get("mm_tokens_per_image", 256))
         return cls(**common, image_size=_side(vision["image_size"]), vision_cls=family == "internvl",
                    downsample=downsample)
 
@@ -305,6 +309,15 @@ PRESETS["qwen3-vl-8b"] = {
 # Qwen2.5-7B), llava-hf/llava-onevision-qwen2-7b-ov-hf (SigLIP-so400m without its last layer,
 # Qwen2-7B), mistralai/Mistral-Small-3.1-24B-Instruct-2503 (Pixtral, Mistral Small 24B) and
 # HuggingFaceTB/SmolVLM2-2.2B-Instruct (SigLIP-so400m, SmolLM2-1.7B).
+# Public config.json dimensions of google/gemma-3-12b-it (Gemma 3 LM, SigLIP so400m tower at 896 px).
+PRESETS["gemma-3-12b"] = {
+    "model_type": "gemma3",
+    "text_config": {"hidden_size": 3840, "intermediate_size": 15360, "num_hidden_layers": 48,
+                    "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 256, "vocab_size": 262208},
+    "vision_config": {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27,
+                      "num_attention_heads": 16, "patch_size": 14, "image_size": 896},
+    "mm_tokens_per_image": 256,
+}
 PRESETS["internvl3-8b"] = {
     "model_type": "internvl",
     "text_config": {"hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
@@ -470,6 +483,8 @@ def _vision_flops(dims: ModelDims, crops: int) -> float:
         projector = 2 * dims.tokens_per_crop * (shuffled * d + d * d)
     elif dims.family in ("smolvlm", "idefics3"):
         projector = 2 * dims.tokens_per_crop * shuffled * d
+    elif dims.family == "gemma3":  # average pooling (no matmul), then one projection per pooled token
+        projector = 2 * dims.tokens_per_crop * dv * d
     else:
         projector = 2 * patches * (shuffled * d + d * d)
     return float(crops * (embed + dims.vision_layers * layer + projector))

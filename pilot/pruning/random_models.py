@@ -457,7 +457,8 @@ def random_gemma3(
             max_position_embeddings=4096, pad_token_id=0, bos_token_id=1, eos_token_id=2,
         ),
         vision_config=dict(model_type="siglip_vision_model", image_size=image_size, patch_size=patch,
-                           hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2),
+                           hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           vision_use_head=False),  # as the released configs: the head's output is unused
         mm_tokens_per_image=tokens_per_image, boi_token_index=GEMMA_BOI, eoi_token_index=GEMMA_EOI,
         image_token_index=GEMMA_IMAGE_TOKEN,
     )
