@@ -29,6 +29,7 @@ from pilot.data.split import PARTS, stratified_split
 from pilot.metrics import Outcome
 from pilot.models import LoadedModel, load
 from pilot.pruning import NoPrune, attach, parse
+from pilot.pruning.families.base import assign_to_samples, visual_counts
 from pilot.pruning.flops import ModelDims, full_prefill_flops, paper_flops
 from pilot.store import get_or_create, open_store, with_retries
 from pilot.store import models as db
@@ -185,9 +186,7 @@ def prepare_batch(loaded: LoadedModel, items: Sequence[Item], device: torch.devi
 
 
 def _crops(loaded: LoadedModel, inputs: dict, row: int) -> int:
-    """LLaVA's vision-tower crops of one sample: 1, or LLaVA-NeXT's base and anyres tiles."""
-    if loaded.family != "llava_next":
-        return 1
+    """LLaVA-NeXT's vision-tower crops of one sample: the base and the anyres tiles."""
     from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
 
     config = loaded.model.config
@@ -195,70 +194,31 @@ def _crops(loaded: LoadedModel, inputs: dict, row: int) -> int:
                                      config.vision_config.image_size)
 
 
-def _per_sample(sizes: Sequence[int], counts: Sequence[int]) -> list[list[int] | None]:
-    """Split items of ``sizes`` (in batch order) among samples holding ``counts`` tokens each.
-
-    Per sample the indices of its items, or None where its items do not add up to its count.
-    """
-    out, cursor = [], 0
-    for count in counts:
-        indices, covered = [], 0
-        while covered < count and cursor < len(sizes):
-            covered += sizes[cursor]
-            indices.append(cursor)
-            cursor += 1
-        out.append(indices if covered == count else None)
-    return out
-
-
 def sample_grids(loaded: LoadedModel, inputs: dict) -> tuple[list[list[list[int]] | None], list[list | None]]:
     """Per sample, the token grids of its images, in visual-token order, and its ``image_grid_thw`` rows.
 
     A grid is ``[rows, cols]``, or ``[rows, cols, 1]`` when each row ends with one newline token
-    (LLaVA-NeXT's high-resolution grid). Read from what the processor made: Qwen's
-    ``image_grid_thw`` (patches, merged ``spatial_merge_size`` x ``spatial_merge_size`` into one
-    token per cell), LLaVA-NeXT's ``image_sizes`` (a square base grid, then the unpadded anyres
-    grid), else a square grid of ``image_size / patch_size`` (LLaVA-1.5). None for a sample whose
-    grids cannot be told (video tokens, a CLS token kept, a family not covered here); the
-    dashboard then falls back to one square grid when the count is a square. The grids only
-    feed pictures (and Qwen's tower FLOPs, which fall back to the token count): never an error.
+    (LLaVA-NeXT's high-resolution grid). The family's adapter reads them off what the processor
+    made (``prompt_grids``: Qwen's ``image_grid_thw``, LLaVA-NeXT's ``image_sizes``, InternVL's
+    tiles, Pixtral's row breaks, ...). None for a sample whose grids cannot be told; the
+    dashboard then falls back to one square grid when the count is a square. The grids only feed
+    pictures (and Qwen's tower FLOPs, which fall back to the token count): never an error.
     """
+    batch = len(inputs["input_ids"])
     try:
-        return _sample_grids(loaded, inputs)
-    except Exception:  # noqa: BLE001 - see above: no sample fails over its pictures
-        return [None] * len(inputs["input_ids"]), [None] * len(inputs["input_ids"])
-
-
-def _sample_grids(loaded: LoadedModel, inputs: dict) -> tuple[list[list[list[int]] | None], list[list | None]]:
-    config = loaded.model.config
-    input_ids = inputs["input_ids"]
-    batch = len(input_ids)
-    image_token = getattr(config, "image_token_id", None)
-    if image_token is None:
-        return [None] * batch, [None] * batch
-    valid = inputs["attention_mask"].bool()
-    counts = [int(((input_ids[row] == image_token) & valid[row]).sum()) for row in range(batch)]
-    if "image_grid_thw" in inputs:
-        merge = config.vision_config.spatial_merge_size
-        thw = inputs["image_grid_thw"].tolist()
-        owners = _per_sample([t * h * w // merge**2 for t, h, w in thw], counts)
-        rows = [None if index is None else [thw[i] for i in index] for index in owners]
-        grids = [None if r is None else [[h // merge, w // merge] for t, h, w in r for _ in range(t)] for r in rows]
+        images = loaded.adapter.prompt_grids(loaded.model, inputs) or [None] * batch
+        grids = [None if sample is None else [[g.rows, g.cols, 1] if g.newline else [g.rows, g.cols]
+                                               for image in sample for g in image] for sample in images]
+        rows: list[list | None] = [None] * batch
+        if "image_grid_thw" in inputs and "video_grid_thw" not in inputs:  # the tower's exact patch grids (Qwen)
+            thw = inputs["image_grid_thw"].tolist()
+            merge = loaded.model.config.vision_config.spatial_merge_size
+            owners = assign_to_samples([t * h * w // merge**2 for t, h, w in thw],
+                                       visual_counts(loaded.model, loaded.adapter, inputs))
+            rows = [None if index is None else [thw[i] for i in index] for index in owners]
         return grids, rows
-    if "image_sizes" in inputs:
-        if loaded.family != "llava_next":  # other anyres layouts (LLaVA-OneVision) are not covered here
-            return [None] * batch, [None] * batch
-        from pilot.pruning.families import next_image_grids
-
-        images = [next_image_grids(config, size) for size in inputs["image_sizes"].tolist()]
-        owners = _per_sample([sum(g.length for g in image) for image in images], counts)
-        grids = [None if index is None else [[g.rows, g.cols, 1] if g.newline else [g.rows, g.cols]
-                                              for i in index for g in images[i]] for index in owners]
-        return grids, [None] * batch
-    vision = getattr(config, "vision_config", None)
-    side = getattr(vision, "image_size", 0) // max(1, getattr(vision, "patch_size", 0) or 1)
-    grids = [[[side, side]] * (n // side**2) if side and n and n % side**2 == 0 else None for n in counts]
-    return grids, [None] * batch
+    except Exception:  # noqa: BLE001 - see above: no sample fails over its pictures
+        return [None] * batch, [None] * batch
 
 
 def run_arm_batch(loaded: LoadedModel, strategy_text: str, prepared: PreparedBatch, labels: Sequence[str],
@@ -314,8 +274,10 @@ def run_arm_batch(loaded: LoadedModel, strategy_text: str, prepared: PreparedBat
             if thw is not None and sum(t * h * w for t, h, w in thw) != n_visual * dims.spatial_merge**2:
                 thw = None  # video tokens too: size the tower by the count alone
             tower = {"visual_tokens_original": n_visual, "image_grids": thw}
-        else:
+        elif loaded.family == "llava_next":  # exact crops from the image size (the count alone rounds)
             tower = {"crops": _crops(loaded, inputs, row)}
+        else:  # fixed crops: the tower's crops follow from the original tokens
+            tower = {"visual_tokens_original": n_visual}
         prediction = parse_answer(texts[row], labels)
         rows.append({
             "sample_id": item.id, "label": item.label, "prediction": prediction, "answer_text": texts[row],

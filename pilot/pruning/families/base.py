@@ -186,6 +186,30 @@ class Family:
         return ()
 
 
+def assign_to_samples(sizes: list[int], counts: list[int]) -> list[list[int] | None]:
+    """Split items of ``sizes`` (images in batch order, their token counts) among samples holding
+    ``counts`` visual tokens each: per sample the indices of its items, or None where its items do
+    not add up to its count."""
+    out, cursor = [], 0
+    for count in counts:
+        indices, covered = [], 0
+        while covered < count and cursor < len(sizes):
+            covered += sizes[cursor]
+            indices.append(cursor)
+            cursor += 1
+        out.append(indices if covered == count else None)
+    return out
+
+
+def visual_counts(model: nn.Module, family: Family, inputs: dict) -> list[int]:
+    """Each sample's visual tokens in the processor's ``input_ids`` (padding excluded)."""
+    input_ids = inputs["input_ids"]
+    mask = family._token_mask(model, inputs)
+    if inputs.get("attention_mask") is not None:
+        mask = mask & inputs["attention_mask"].bool()
+    return [int(n) for n in mask.sum(dim=1).tolist()] if len(input_ids) else []
+
+
 def decoder_layer_types(config, depth: int) -> list[str]:
     """Each decoder layer's attention type, as transformers' caches read them: the config's
     ``layer_types``, else every layer a sliding window when ``sliding_window`` is set (Mistral)."""

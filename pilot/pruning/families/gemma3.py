@@ -25,7 +25,7 @@ import math
 import torch
 from torch import nn
 
-from pilot.pruning.families.base import Family, GridSegment, VisualInputs
+from pilot.pruning.families.base import Family, GridSegment, VisualInputs, visual_counts
 
 
 class Gemma3(Family):
@@ -52,7 +52,13 @@ class Gemma3(Family):
         block = None
         if token_type_ids is not None:  # as the stock model: without them, prefill is plain causal
             block = get_block_sequence_ids_for_mask(token_type_ids, device=token_type_ids.device)
-        return VisualInputs(self._token_mask(model, inputs), inputs.get("attention_mask"), block)
+        visual = super().visual_inputs(model, inputs)
+        return VisualInputs(visual.mask, visual.attention_mask, block, visual.grids)
+
+    def prompt_grids(self, model: nn.Module, inputs: dict) -> list[list[list[GridSegment]] | None]:
+        side = math.isqrt(model.config.mm_tokens_per_image)
+        return [[[GridSegment(0, side, side)]] * (n // side**2) if n % side**2 == 0 else None
+                for n in visual_counts(model, self, inputs)]
 
     def rotary(self, language_model: nn.Module, hidden: torch.Tensor, positions: torch.Tensor,
                layer_type: str = "full_attention"):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pilot.pruning.families.base import Family, GridSegment
+from pilot.pruning.families.base import Family, GridSegment, visual_counts
 
 
 def grid_side(config) -> int:
@@ -30,3 +30,8 @@ class Llava(Family):
                 "(vision_feature_select_strategy='full' keeps the CLS token)"
             )
         return [[GridSegment(0, side, side)] for _ in range(count // (side * side))]
+
+    def prompt_grids(self, model: nn.Module, inputs: dict) -> list[list[list[GridSegment]] | None]:
+        side = grid_side(model.config)
+        return [[[GridSegment(0, side, side)]] * (n // side**2) if n % side**2 == 0 else None
+                for n in visual_counts(model, self, inputs)]

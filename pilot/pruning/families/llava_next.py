@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pilot.pruning.families.base import Family, GridSegment
+from pilot.pruning.families.base import Family, GridSegment, assign_to_samples, visual_counts
 from pilot.pruning.families.llava import grid_side
 
 
@@ -52,3 +52,12 @@ class LlavaNext(Family):
             images.append([GridSegment(0, side, side), GridSegment(base, rows, cols, newline=True)])
             start = grid_start + rows * (cols + 1)
         return images
+
+    def prompt_grids(self, model: nn.Module, inputs: dict) -> list[list[list[GridSegment]] | None] | None:
+        """From the processor's ``image_sizes`` (one per image, in batch order)."""
+        if inputs.get("image_sizes") is None:
+            return None
+        images = [next_image_grids(model.config, size) for size in inputs["image_sizes"].tolist()]
+        owners = assign_to_samples([sum(g.length for g in image) for image in images],
+                                   visual_counts(model, self, inputs))
+        return [None if index is None else [images[i] for i in index] for index in owners]

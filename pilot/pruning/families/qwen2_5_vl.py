@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pilot.pruning.families.base import Family, GridSegment, compact_positions
+from pilot.pruning.families.base import Family, GridSegment, assign_to_samples, compact_positions, visual_counts
 
 
 class Qwen2_5_VL(Family):
@@ -69,6 +69,20 @@ class Qwen2_5_VL(Family):
             images.append(segments)
             offset += run
         return images
+
+    def prompt_grids(self, model: nn.Module, inputs: dict) -> list[list[list[GridSegment]] | None] | None:
+        """From the processor's ``image_grid_thw`` (patches per image; 2x2 merge into one token).
+        None with videos (their frames' grids come from the positions) or without the grids (as
+        in ``generate``, which encodes the images first and does not pass them on)."""
+        thw = inputs.get("image_grid_thw")
+        if thw is None or inputs.get("video_grid_thw") is not None:
+            return None
+        merge = model.config.vision_config.spatial_merge_size
+        images = [[GridSegment(k * (h // merge) * (w // merge), h // merge, w // merge) for k in range(t)]
+                  for t, h, w in thw.tolist()]
+        owners = assign_to_samples([sum(g.length for g in image) for image in images],
+                                   visual_counts(model, self, inputs))
+        return [None if index is None else [images[i] for i in index] for index in owners]
 
     def prefill_positions(self, position_ids: torch.Tensor | None, valid: torch.Tensor) -> torch.Tensor:
         if position_ids is None:
