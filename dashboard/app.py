@@ -71,8 +71,11 @@ def _studies(url: str) -> list[dict]:
 # ---------------------------------------------------------------- sidebar
 
 
-def sidebar(url: str, runs: list[dict], studies: list[dict]) -> tuple[str, object, float, data.CostInputs]:
-    """The selection ("run", run_id) or ("study", study dict), the budget and the cost inputs."""
+def sidebar(url: str, runs: list[dict], studies: list[dict]) -> tuple[str, object, float, str, data.CostInputs]:
+    """The selection ("run", run_id) or ("study", study dict), the budget, its metric choice and the cost inputs.
+
+    Without a deep link the page lands on the tuner's verified recommendation when it is newer than the latest
+    pilot run (``data.default_study``), else on the latest pilot run."""
     bar = st.sidebar
     bar.header("What to show")
     views = (["Run"] if runs else []) + (["Tuning study"] if studies else [])
@@ -82,6 +85,8 @@ def sidebar(url: str, runs: list[dict], studies: list[dict]) -> tuple[str, objec
     linked_study = st.query_params.get("study")
     linked_run = st.query_params.get("run")
     linked_run = int(linked_run) if linked_run and linked_run.isdigit() and int(linked_run) in ids else None
+    landing = data.default_study(runs, studies) if not linked_run else None
+    linked_study = linked_study or landing
     first = "Tuning study" if linked_study in names else "Run"
     view = (bar.radio("View", views, key="view", horizontal=True, index=views.index(first)) if len(views) > 1
             else (views[0] if views else "Run"))
@@ -98,8 +103,12 @@ def sidebar(url: str, runs: list[dict], studies: list[dict]) -> tuple[str, objec
                                index=names.index(linked_study) if linked_study in names else 0)
         selection = next(s for s in studies if s["name"] == chosen)
     bar.header("Accuracy budget")
-    max_drop = bar.number_input("Max macro-F1 drop", min_value=0.0, max_value=1.0, value=0.01, step=0.005,
-                                format="%.3f", key="max_drop", help="0.01 = one point of macro-F1")
+    choices = list(data.METRIC_CHOICES)
+    metric = bar.selectbox("Budget on", choices, format_func=data.METRIC_CHOICES.get, key="metric",
+                           help="Without labels the budget is the largest share of answers that change")
+    max_drop = bar.number_input("Max drop", min_value=0.0, max_value=1.0, value=0.01, step=0.005,
+                                format="%.3f", key="max_drop",
+                                help="0.01 = one point of macro-F1 (or accuracy), or 1% of answers changed")
     bar.header("Cost inputs")
     images = bar.number_input("Images per month", min_value=0, value=1_000_000, step=100_000, key="images_per_month")
     price = bar.number_input("Price per GPU-hour", min_value=0.0, value=2.50, step=0.10, format="%.2f",
@@ -111,7 +120,7 @@ def sidebar(url: str, runs: list[dict], studies: list[dict]) -> tuple[str, objec
     bar.divider()
     bar.caption(f"Database (read-only): `{data.display_url(url)}`")
     inputs = data.CostInputs(float(images), float(price), float(utilisation), currency or "")
-    return ("study" if view == "Tuning study" else "run"), selection, float(max_drop), inputs
+    return ("study" if view == "Tuning study" else "run"), selection, float(max_drop), metric, inputs
 
 
 # ---------------------------------------------------------------- sections
@@ -146,28 +155,41 @@ def progress_panel(info: dict, in_progress: bool) -> None:
         st.button("Refresh", key="refresh")
 
 
-def arm_block(arm: dict, base: dict | None, max_drop: float, recommended: str | None) -> None:
+def arm_block(arm: dict, base: dict | None, max_drop: float, recommended: str | None, metric: str = "f1") -> None:
     with st.container(border=True):
         star = "  ★ **recommended**" if arm["name"] == recommended else ""
         st.markdown(f"#### {arm['name']}{star}")
         if arm["strategy"] != arm["name"]:
             st.caption(f"strategy `{arm['strategy']}`")
-        v = data.verdict(arm, max_drop, "f1")
+        v = data.verdict(arm, max_drop, metric)
         VERDICT_BOX[v.status](f"**{v.label}.** {v.text}")
+        if metric != "agreement" and (arm.get("vs_baseline") or {}).get("agreement") is not None \
+                and (arm.get("n_labelled") or 0) < (arm.get("n") or 0):
+            other = data.verdict(arm, max_drop, "agreement")  # labels on some rows only: the other view too
+            st.caption(f"On every sample, labelled or not: {other.text}")
         columns = st.columns(5)
         for column, tile in zip(columns, data.arm_tiles(arm, base), strict=True):
             column.metric(tile.label, tile.value, tile.delta, delta_color=tile.delta_color, help=tile.help,
                           delta_arrow="off" if tile.delta_color == "off" else "auto", border=True)
         vs = arm.get("vs_baseline") or {}
-        st.caption(f"Agreement with baseline {data.pct(vs.get('agreement'))} · McNemar p = "
+        ci = vs.get("agreement_ci") or [None, None]
+        st.caption(f"Agreement with baseline {data.pct(vs.get('agreement'))} (95% CI {data.pct(ci[0])}–"
+                   f"{data.pct(ci[1])}) · McNemar p = "
                    f"{data.fixed(vs.get('mcnemar_p'))} · {vs.get('n_paired', 0)} paired samples · accuracy change "
                    f"{data.pts(vs.get('accuracy_delta'))} · paper TFLOPs ratio "
                    f"{data.fixed(vs.get('paper_tflops_ratio'))}"
                    f" (ratio of means {data.fixed(vs.get('paper_tflops_ratio_of_means'))}) · full-prefill TFLOPs ratio "
                    f"{data.fixed(vs.get('full_tflops_ratio'))}")
+        changes = vs.get("answer_changes") or {}
+        if changes and (metric == "agreement" or (arm.get("n_labelled") or 0) < (arm.get("n") or 0)):
+            with st.expander("Answer changes per baseline answer"):
+                st.dataframe(pd.DataFrame([{"baseline answer": answer, "samples": c["n"], "changed": c["changed"],
+                                            "share changed": data.pct(c["rate"])} for answer, c in changes.items()]),
+                             hide_index=True, width="stretch")
 
 
-def headline(report: dict, max_drop: float, inputs: data.CostInputs, recommended: str | None) -> None:
+def headline(report: dict, max_drop: float, inputs: data.CostInputs, recommended: str | None,
+             metric: str = "f1") -> None:
     """One sentence for the decision: the recommended arm's savings and quality, or why there is none."""
     pruned = data.pruned_arms(report)
     if not pruned or data.baseline_arm(report) is None:
@@ -175,21 +197,26 @@ def headline(report: dict, max_drop: float, inputs: data.CostInputs, recommended
     arm = next((a for a in pruned if a["name"] == recommended), None)
     with st.container(border=True):
         if arm is None:
-            st.markdown(f"**No arm meets the budget** (max macro-F1 drop {data.pts(max_drop, signed=False)}) with "
-                        "confidence yet: see the verdicts below, or loosen the budget.")
+            budget = (f"at most {data.pct(max_drop)} of answers changed" if metric == "agreement" else
+                      f"max {data.metric_title(metric)} drop {data.pts(max_drop, signed=False)}")
+            st.markdown(f"**No arm meets the budget** ({budget}) with confidence yet: see the verdicts below, or "
+                        "loosen the budget.")
             return
         vs = arm["vs_baseline"] or {}
         tiles = {t.key: t for t in data.arm_tiles(arm, data.baseline_arm(report))}
         cost = next((r for r in data.cost_rows(report, inputs) if r["arm"] == arm["name"]), {})
+        if "f1_change" in tiles:
+            quality = (f"macro-F1 {tiles['f1_change'].value} (95% CI {data.ci_pts(vs.get('f1_delta_ci'))})")
+        else:
+            quality = f"answers unchanged {tiles['agreement'].value} ({tiles['agreement'].delta})"
         st.markdown(
             f"**Recommendation: `{arm['strategy']}`** — {tiles['compute_saved'].value} less compute, prefill "
-            f"{tiles['prefill'].value}, macro-F1 {tiles['f1_change'].value} "
-            f"(95% CI {data.ci_pts(vs.get('f1_delta_ci'))})"
+            f"{tiles['prefill'].value}, {quality}"
             f"; saves **{data.money(cost.get('money_saved'), inputs.currency)} per month** at "
-            f"{inputs.images_per_month:,.0f} images. {data.verdict(arm, max_drop).label}.")
+            f"{inputs.images_per_month:,.0f} images. {data.verdict(arm, max_drop, metric).label}.")
 
 
-def overview(report: dict, max_drop: float, recommended: str | None) -> None:
+def overview(report: dict, max_drop: float, recommended: str | None, metric: str = "f1") -> None:
     base = data.baseline_arm(report)
     pruned = data.pruned_arms(report)
     st.markdown("### Overview")
@@ -202,7 +229,7 @@ def overview(report: dict, max_drop: float, recommended: str | None) -> None:
     if base and not pruned:
         st.info("This run has only the baseline arm: add a pruned arm (`pilot run --arm transprune`) to compare.")
     for arm in pruned:
-        arm_block(arm, base, max_drop, recommended)
+        arm_block(arm, base, max_drop, recommended, metric)
 
 
 def cost_panel(report: dict, inputs: data.CostInputs, arms: list[str] | None = None) -> None:
@@ -320,8 +347,10 @@ def disagreement_section(info: dict, report: dict, samples: pd.DataFrame) -> Non
     for i, row in enumerate(chunk.itertuples(index=False)):
         with columns[i % 2].container(border=True):
             mark = {True: "✓", False: "✗"}
-            st.markdown(f"**{row.sample_id}** · label `{row.label}` · baseline `{row.baseline}` "
-                        f"{mark[row.baseline_correct]} · pruned `{row.pruned}` {mark[row.pruned_correct]}")
+            label = f"label `{row.label}`" if row.label else "no label"
+            st.markdown(f"**{row.sample_id}** · {label} · baseline `{row.baseline}` "
+                        f"{mark.get(row.baseline_correct, '')} · pruned `{row.pruned}` "
+                        f"{mark.get(row.pruned_correct, '')}")
             path = paths.get(row.sample_id)
             if path is None:
                 st.caption("Image not found (the run's manifest is not readable from here).")
@@ -335,22 +364,23 @@ def disagreement_section(info: dict, report: dict, samples: pd.DataFrame) -> Non
                 st.image(pictures, caption=captions, width=135)
 
 
-def export_section(report: dict, inputs: data.CostInputs, max_drop: float, recommended: str | None) -> None:
+def export_section(report: dict, inputs: data.CostInputs, max_drop: float, recommended: str | None,
+                   metric: str = "f1") -> None:
     st.markdown("### Export")
     left, right = st.columns(2)
     name = report.get("name") or f"run-{report.get('run_id')}"
     left.download_button("Download report (HTML)",
-                         data=lambda: export.build_html(report, inputs, max_drop, recommended=recommended),
+                         data=lambda: export.build_html(report, inputs, max_drop, metric, recommended=recommended),
                          file_name=f"{name}-report.html", mime="text/html", key="download_html", on_click="ignore",
                          help="KPI table, verdicts, cost panel and charts in one self-contained file")
-    right.download_button("Download KPIs (CSV)", data=export.build_csv(report, inputs, max_drop),
+    right.download_button("Download KPIs (CSV)", data=export.build_csv(report, inputs, max_drop, metric),
                           file_name=f"{name}-kpis.csv", mime="text/csv", key="download_csv", on_click="ignore")
 
 
 # ---------------------------------------------------------------- views
 
 
-def run_view(url: str, run_id: int, max_drop: float, inputs: data.CostInputs) -> None:
+def run_view(url: str, run_id: int, max_drop: float, inputs: data.CostInputs, choice: str = "auto") -> None:
     engine = _engine(url)
     info = data.run_info(engine, run_id)
     run_header(info)
@@ -364,23 +394,27 @@ def run_view(url: str, run_id: int, max_drop: float, inputs: data.CostInputs) ->
     studies = [s for s in _studies(url) if s.get("recommended_strategy")]
     tuned = next((s["recommended_strategy"] for s in reversed(studies)
                   if run_id in (s.get("baseline_run_id"), s.get("verification_run_id"))), None)
-    recommended = data.recommended_arm(report, max_drop, "f1", tuned)
+    metric = data.resolve_metric(choice, report)
+    recommended = data.recommended_arm(report, max_drop, metric, tuned)
     st.caption(f"Latencies measured on {data.machine_text(report.get('machine'))}, batch size "
                f"{report.get('batch_size')}.")
-    headline(report, max_drop, inputs, recommended)
-    overview(report, max_drop, recommended)
+    if not data.has_labels(report):
+        st.caption("No labels in this run: each pruned arm is judged by how many of the baseline's answers it "
+                   "changes (agreement), not by accuracy.")
+    headline(report, max_drop, inputs, recommended, metric)
+    overview(report, max_drop, recommended, metric)
     cost_panel(report, inputs)
-    points = data.run_points(report, max_drop, "f1", recommended)
-    tradeoff_section(points, max_drop, "f1", "an arm of this run (same samples, paired against the baseline)")
+    points = data.run_points(report, max_drop, metric, recommended)
+    tradeoff_section(points, max_drop, metric, "an arm of this run (same samples, paired against the baseline)")
     if recommended is None and data.pruned_arms(report):
         st.caption("No arm is marked recommended: none meets the budget with confidence.")
     evidence(url, info, report, key)
-    export_section(report, inputs, max_drop, recommended)
+    export_section(report, inputs, max_drop, recommended, metric)
 
 
-def study_view(url: str, study: dict, max_drop: float, inputs: data.CostInputs) -> None:
+def study_view(url: str, study: dict, max_drop: float, inputs: data.CostInputs, choice: str = "auto") -> None:
     settings = study.get("settings") or {}
-    metric = data.metric_key(settings.get("metric"))
+    metric = data.metric_key(settings.get("metric")) if choice in (None, "auto") else data.metric_key(choice)
     st.subheader(f"Tuning study: {study['name']}")
     study_budget = data.num(settings.get("max_drop"))
     bits = [f"metric {settings.get('metric', 'f1_macro')}", f"objective {settings.get('objective', 'tflops')}"]
@@ -424,7 +458,9 @@ def study_view(url: str, study: dict, max_drop: float, inputs: data.CostInputs) 
             if arm is None:
                 st.info("The verification run has no arm with the recommended strategy.")
             else:
-                arm_block(arm, data.baseline_arm(report), max_drop, arm["name"] if recommended else None)
+                if recommended:
+                    headline(report, max_drop, inputs, arm["name"], metric)
+                arm_block(arm, data.baseline_arm(report), max_drop, arm["name"] if recommended else None, metric)
                 cost_panel(report, inputs, arms=[arm["name"]])
         else:
             st.info(f"Held-out verification run #{verification} is {info['status']}.")
@@ -453,14 +489,14 @@ def main() -> None:
     try:
         runs = data.list_runs(engine)
         studies = _studies(url)
-        kind, selection, max_drop, inputs = sidebar(url, runs, studies)
+        kind, selection, max_drop, metric, inputs = sidebar(url, runs, studies)
         if not runs and not studies:
             st.info("No runs in this database yet. Start one with `pilot run` (or `pilot demo`), then reload.")
             return
         if kind == "study":
-            study_view(url, selection, max_drop, inputs)
+            study_view(url, selection, max_drop, inputs, metric)
         else:
-            run_view(url, int(selection), max_drop, inputs)
+            run_view(url, int(selection), max_drop, inputs, metric)
     except SQLAlchemyError as error:
         detail = str(getattr(error, "orig", None) or error).strip().splitlines()
         st.error(f"The database could not be read: {detail[0] if detail else error}. If it was created by an older "

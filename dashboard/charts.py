@@ -347,6 +347,57 @@ def split_by_grid(indices: Sequence[int], grids: Sequence[tuple[int, int, bool]]
     return out
 
 
+def tile_layout(grids: Sequence[tuple[int, int, bool]], image_size: tuple[int, int]) -> tuple[int, int] | None:
+    """``(rows, cols)`` of tiles when a sample's grids are the tiles of one image followed by its thumbnail.
+
+    InternVL and SmolVLM cut an image into a rows x cols canvas of equal tiles (row-major) and add a
+    downscaled thumbnail (SmolVLM: the global image) last; the runner stores one equal ``[rows, cols]`` grid per
+    tile and the thumbnail. So two or more identical grids without newline tokens are read as tiles; the
+    arrangement is the factorisation of the tile count closest to the image's aspect ratio, which is what both
+    processors choose (InternVL picks the canvas closest to the aspect ratio; SmolVLM splits the image resized
+    to whole tiles). None for any other layout (one grid, LLaVA-NeXT's base + newline grid, ...).
+    """
+    if len(grids) < 2 or grids[0][2] or any(tuple(g) != tuple(grids[0]) for g in grids):
+        return None
+    tiles = len(grids) - 1
+    width, height = image_size
+    aspect = width / max(height, 1)
+    shapes = [(tiles // cols, cols) for cols in range(1, tiles + 1) if tiles % cols == 0]
+    return min(shapes, key=lambda shape: abs(shape[1] / shape[0] - aspect))
+
+
+def tiled_picture(image: Image.Image, layout: tuple[int, int], grid: tuple[int, int],
+                  cells: Sequence[Sequence[int]] | None = None, window: int = 1, cell: int | None = None,
+                  background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
+    """The tiles of ``image`` in their ``layout`` (rows x cols of tiles), the thumbnail to the right.
+
+    Each tile is a ``grid`` (rows x cols of tokens) of ``cell`` px over its crop of the image resized to the
+    whole canvas; tiles are ``tile_gap(cell)`` px apart, the thumbnail (the whole image over one tile's grid)
+    ``cell`` px to the right of the last column. With ``cells`` (per tile, then the thumbnail: cell indices of
+    kept tokens) each part is drawn as ``overlay`` draws a grid; without, the input.
+    """
+    tile_rows, tile_cols = layout
+    rows, cols = grid
+    cell = _cell(tile_rows * rows, tile_cols * cols, cell)
+    width, height, gap = cols * cell, rows * cell, tile_gap(cell)
+    canvas = _square(image, tile_rows * height, tile_cols * width)
+    right = tile_cols * (width + gap) - gap + cell
+    out = Image.new("RGB", (right + width, tile_rows * (height + gap) - gap), background)
+    for k in range(tile_rows * tile_cols):
+        r, c = divmod(k, tile_cols)
+        tile = canvas.crop((c * width, r * height, (c + 1) * width, (r + 1) * height))
+        picture = tile if cells is None else overlay(tile, grid, cells[k], window=window, cell=cell)
+        out.paste(picture, (c * (width + gap), r * (height + gap)))
+    thumbnail = _square(image, height, width) if cells is None else overlay(image, grid, cells[-1], window, cell)
+    out.paste(thumbnail, (right, 0))
+    return out
+
+
+def tile_gap(cell: int) -> int:
+    """Pixels between two tiles in ``tiled_picture``."""
+    return max(2, cell // 4)
+
+
 def kept_overlays(image_path: str | Path, visual_tokens: Any, kept_indices: Any, strategy: str,
                   tokens_per_layer: Sequence[int] | None = None, cell: int | None = None, image_grids: Any = None,
                   ) -> tuple[list[Image.Image], list[str], str | None]:
@@ -354,7 +405,9 @@ def kept_overlays(image_path: str | Path, visual_tokens: Any, kept_indices: Any,
 
     The input (resized to the grid the processor sees: a square for LLaVA, the resized image's rows x cols of
     merged patches for Qwen), then one picture per pruning stage and grid (dimmed = dropped, outlined = kept);
-    for a pooling arm one picture per grid of the pooled windows. ``image_grids`` are the grids the runner
+    for a pooling arm one picture per grid of the pooled windows. Tiled images (InternVL, SmolVLM; see
+    ``tile_layout``) get one picture per stage instead: the tiles in their rows x cols arrangement and the
+    thumbnail to their right (``tiled_picture``). ``image_grids`` are the grids the runner
     stored for the sample (see ``token_grids``); without them the tokens must form one square. ``note``
     explains why there is no picture (no grid, no stored indices, missing image).
     """
@@ -373,13 +426,23 @@ def kept_overlays(image_path: str | Path, visual_tokens: Any, kept_indices: Any,
         return [], [], f"Image not available ({error})."
     total = sum(rows * (cols + int(newline)) for rows, cols, newline in grids)
     rows, cols, _ = grids[0]
+    factor = pool_factor(strategy)
+    layout = tile_layout(grids, image.size)
+    if layout is not None:  # InternVL / SmolVLM tiles: one picture of all tiles and the thumbnail per stage
+        pictures = [tiled_picture(image, layout, (rows, cols), cell=cell)]
+        labels = [f"input: {total} tokens ({layout[0]}×{layout[1]} tiles + thumbnail)"]
+        for caption, stage in ([(f"pooled {factor}×{factor}", stages[0])] if factor else
+                               zip(stage_captions(tokens_per_layer, len(stages)), stages, strict=True)):
+            cells = split_by_grid(stage, grids)
+            pictures.append(tiled_picture(image, layout, (rows, cols), cells, window=factor or 1, cell=cell))
+            labels.append(f"{caption}: {sum(map(len, cells))} {'tokens' if factor else 'kept'}")
+        return pictures, labels, None
     first = _square(image, rows * _cell(rows, cols, cell), cols * _cell(rows, cols, cell))
     pictures, labels = [first], [f"input: {total} tokens"]
 
     def where(k: int) -> str:
         return f" · grid {k + 1}/{len(grids)}" if len(grids) > 1 else ""
 
-    factor = pool_factor(strategy)
     if factor:
         for k, cells in enumerate(split_by_grid(stages[0], grids)):
             pictures.append(overlay(image, grids[k][:2], cells, window=factor, cell=cell))

@@ -21,7 +21,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
-from pilot.metrics import budget_verdict
+from pilot.metrics import budget_verdict, metric_drop
 from pilot.plan import plan_comparison
 from pilot.report import finite_number
 from pilot.store import models as db
@@ -33,7 +33,7 @@ ENV_VAR = "PILOT_DB"
 IN_PROGRESS = ("pending", "running")
 UNFINISHED = ("pending", "running", "interrupted", "failed")
 # pilot.runner.demo_dataset_path(), without importing pilot.runner (it imports torch).
-DEMO_MANIFEST = Path.home() / ".cache" / "transprune-pilot" / "demo-data-seed0-n300" / "manifest.csv"
+DEMO_MANIFEST = Path.home() / ".cache" / "transprune-pilot" / "demo-data-seed0-n600" / "manifest.csv"
 MS_PER_HOUR = 3_600_000.0
 MISSING = "–"
 
@@ -161,6 +161,21 @@ def default_run_id(runs: Sequence[dict]) -> int | None:
     return max(pilots or compared or completed or runs, key=lambda r: r["run_id"])["run_id"]
 
 
+def default_study(runs: Sequence[dict], studies: Sequence[dict]) -> str | None:
+    """The tuning study to land on, or None for the run view: the latest study with a verified recommendation,
+    when its held-out verification is newer than the latest pilot run (as after ``make demo``: the pilot run
+    first, then the tuner's verdict, which is what a reader wants to see first)."""
+    recommended = [s for s in studies if s.get("recommended_strategy") and s.get("verification_run_id")]
+    if not recommended:
+        return None
+    latest = max(recommended, key=lambda s: s["verification_run_id"])
+    pilot = default_run_id(runs)
+    pilot_runs = [r for r in runs if r["run_id"] == pilot and not r.get("split")]
+    if pilot_runs and pilot >= latest["verification_run_id"]:
+        return None
+    return latest["name"]
+
+
 def load_report(engine: Engine, run_id: int) -> dict:
     with reader(engine)() as session:
         return build_report(session, run_id)
@@ -227,9 +242,12 @@ def load_samples(engine: Engine, run_id: int) -> pd.DataFrame:
 
 
 def normalise_prediction(prediction: Any, labels: Sequence[str]) -> str | None:
-    """A label, ``invalid`` for an answer that matches none, None for an errored sample."""
+    """A label, ``invalid`` for an answer that matches none, None for an errored sample; without a label set
+    (free-text answers of a pilot without labels) the answer itself."""
     if prediction is None or (isinstance(prediction, float) and math.isnan(prediction)):
         return None
+    if not labels:
+        return prediction
     return prediction if prediction in set(labels) else db.INVALID_PREDICTION
 
 
@@ -238,7 +256,8 @@ def disagreements(samples: pd.DataFrame, pruned_arm: str, labels: Sequence[str],
     """Samples where ``pruned_arm`` answers differently from the baseline (both without error), baseline order.
 
     Columns: sample_id, label, baseline, pruned (normalised answers), baseline_text, pruned_text, baseline_correct,
-    pruned_correct, visual_tokens, kept_indices, tokens_per_layer, strategy, image_grids.
+    pruned_correct, visual_tokens, kept_indices, tokens_per_layer, strategy, image_grids. A sample without a label
+    (``""``) has None in both ``*_correct``.
     """
     columns = ["sample_id", "label", "baseline", "pruned", "baseline_text", "pruned_text", "baseline_correct",
                "pruned_correct", "visual_tokens", "kept_indices", "tokens_per_layer", "strategy", "image_grids"]
@@ -262,7 +281,8 @@ def disagreements(samples: pd.DataFrame, pruned_arm: str, labels: Sequence[str],
         out.append({
             "sample_id": base.sample_id, "label": base.label, "baseline": b, "pruned": p,
             "baseline_text": base.answer_text, "pruned_text": other.answer_text,
-            "baseline_correct": bool(b == base.label), "pruned_correct": bool(p == other.label),
+            "baseline_correct": bool(b == base.label) if base.label else None,
+            "pruned_correct": bool(p == other.label) if other.label else None,
             "visual_tokens": other.visual_tokens, "kept_indices": other.kept_indices,
             "tokens_per_layer": other.tokens_per_layer, "strategy": other.strategy,
             "image_grids": getattr(other, "image_grids", None),
@@ -297,8 +317,9 @@ def image_paths(manifest_path: str | None, labels: Sequence[str] | None = None,
         if not candidate.is_file():
             continue
         try:
+            # Only ids and paths are read: a fixed question never fails on a manifest without labels.
             dataset = load_manifest(candidate, labels=list(labels) if labels else None,
-                                    prompt_template=prompt_template)
+                                    prompt_template=prompt_template or "-")
         except (ManifestError, OSError, TypeError, ValueError):
             continue
         return {item.id: Path(item.image) for item in dataset.items}
@@ -388,12 +409,33 @@ def machine_text(machine: Mapping[str, Any] | None) -> str:
 
 
 def metric_key(metric: str | None) -> str:
-    """The study's or user's metric name as ``budget_verdict`` wants it: "f1" or "accuracy"."""
-    return "accuracy" if metric and metric.lower().startswith("acc") else "f1"
+    """The study's or user's metric name as ``budget_verdict`` wants it: "f1", "accuracy" or "agreement"."""
+    if metric and metric.lower().startswith("acc"):
+        return "accuracy"
+    if metric and metric.lower().startswith("agree"):
+        return "agreement"
+    return "f1"
 
 
 def metric_title(metric: str) -> str:
-    return "accuracy" if metric_key(metric) == "accuracy" else "macro-F1"
+    return {"accuracy": "accuracy", "agreement": "agreement with baseline"}.get(metric_key(metric), "macro-F1")
+
+
+METRIC_CHOICES = {"auto": "auto (macro-F1; agreement without labels)", "f1": "macro-F1", "accuracy": "accuracy",
+                  "agreement": "answers changed (no labels needed)"}
+
+
+def has_labels(report: Mapping[str, Any]) -> bool:
+    """Whether any sample of the run carries a label (reports from before label-free pilots always do)."""
+    arms = report.get("arms") or []
+    return not arms or any(a.get("n_labelled") is None or a.get("n_labelled") > 0 for a in arms)
+
+
+def resolve_metric(choice: str | None, report: Mapping[str, Any]) -> str:
+    """The sidebar's metric choice for a run: "auto" is macro-F1, or agreement when no sample has a label."""
+    if choice in (None, "auto"):
+        return "f1" if has_labels(report) else "agreement"
+    return metric_key(choice)
 
 
 @dataclass(frozen=True)
@@ -413,12 +455,20 @@ def verdict(arm: Mapping[str, Any], max_drop: float, metric: str = "f1") -> Verd
     if not comparison:
         return Verdict("unknown", "No verdict", "No comparison with a baseline arm.", {})
     v = budget_verdict(comparison, key, max_drop)
-    budget = pts(max_drop, signed=False)
     if v["met"] is None:
+        if key != "agreement" and comparison.get("n_paired") and not comparison.get("n_labelled", 1):
+            return Verdict("unknown", "No verdict", f"No labelled samples, so no {name} verdict: set the budget on "
+                           "answers changed (sidebar).", v)
         return Verdict("unknown", "No verdict", "No paired results with the baseline yet.", v)
-    change = (f"{name} drop {pts(v['drop'], signed=False)}" if v["drop"] >= 0
-              else f"{name} rises by {pts(-v['drop'], signed=False)}")
-    high = pts(v["drop_ci_high"], signed=False) if v["drop_ci_high"] is not None else MISSING
+    if key == "agreement":
+        budget = f"{pct(max_drop)} of answers changed"
+        change = f"{pct(v['drop'])} of answers change"
+        high = pct(v["drop_ci_high"])
+    else:
+        budget = pts(max_drop, signed=False)
+        change = (f"{name} drop {pts(v['drop'], signed=False)}" if v["drop"] >= 0
+                  else f"{name} rises by {pts(-v['drop'], signed=False)}")
+        high = pts(v["drop_ci_high"], signed=False) if v["drop_ci_high"] is not None else MISSING
     plan = plan_comparison(comparison, max_drop, key)
     if v["met_with_confidence"]:
         return Verdict("met_with_confidence", "Budget met with confidence",
@@ -427,7 +477,8 @@ def verdict(arm: Mapping[str, Any], max_drop: float, metric: str = "f1") -> Verd
     if v["met"]:
         settle = "more samples would settle it."
         if plan["more_needed"]:
-            settle = (f"label about {plan['more_needed']:,} more images ({plan['samples_needed']:,} paired samples in "
+            verb = "run about" if key == "agreement" else "label about"
+            settle = (f"{verb} {plan['more_needed']:,} more images ({plan['samples_needed']:,} paired samples in "
                       "all) to settle it, if the observed drop and discordance hold.")
         return Verdict("met", "Budget met (not yet with confidence)",
                        f"{change}, within the budget of {budget}, but the 95% upper bound of the drop is {high}: "
@@ -456,6 +507,11 @@ def pruned_arms(report: Mapping[str, Any]) -> list[dict]:
     return [a for a in report.get("arms") or [] if a.get("strategy") != BASELINE]
 
 
+def _neg(value: Any) -> float | None:
+    v = num(value)
+    return None if v is None else -v + 0.0
+
+
 def compute_saved(arm: Mapping[str, Any]) -> float | None:
     ratio = num((arm.get("vs_baseline") or {}).get("paper_tflops_ratio"))
     return None if ratio is None else 1.0 - ratio
@@ -469,6 +525,16 @@ def arm_tiles(arm: Mapping[str, Any], baseline: Mapping[str, Any] | None) -> lis
     tokens = None if kept is None else (f"{kept:,.0f}/{total:,.0f} tokens" if total else f"{kept:,.0f} tokens")
     prefill, total_ratio = num(vs.get("prefill_ratio")), num(vs.get("total_ratio"))
     invalid, base_invalid = num(arm.get("invalid_rate")), num(base.get("invalid_rate"))
+    if vs.get("f1_delta") is None and vs.get("agreement") is not None:  # no labels: agreement in the quality tile
+        ci = vs.get("agreement_ci") or [None, None]
+        quality = Tile("agreement", "Answers unchanged", pct(vs.get("agreement")),
+                       f"CI [{pct(ci[0])}, {pct(ci[1])}]", "off",
+                       "Share of samples the pruned arm answers as the baseline does (no labels needed); below: "
+                       "Wilson 95% interval")
+    else:
+        quality = Tile("f1_change", "Macro-F1 change", pts(vs.get("f1_delta")), f"CI {ci_pts(vs.get('f1_delta_ci'))}",
+                       "off", "Pruned minus baseline macro-F1 on the same samples, in points; below: paired bootstrap "
+                       "95% CI")
     return [
         Tile("compute_saved", "Compute saved", pct(compute_saved(arm)), tokens, "off",
              "1 − paper TFLOPs ratio (pruned / baseline, mean of per-sample ratios); below: visual tokens kept"),
@@ -478,8 +544,7 @@ def arm_tiles(arm: Mapping[str, Any], baseline: Mapping[str, Any] | None) -> lis
         Tile("total", "Total latency", signed_pct(None if total_ratio is None else total_ratio - 1),
              f"{short_ms(arm.get('total_ms_p50'))} vs {short_ms(base.get('total_ms_p50'))}", "off",
              "Change of the median time of the whole answer against the baseline (p50 pruned vs baseline below)"),
-        Tile("f1_change", "Macro-F1 change", pts(vs.get("f1_delta")), f"CI {ci_pts(vs.get('f1_delta_ci'))}",
-             "off", "Pruned minus baseline macro-F1 on the same samples, in points; below: paired bootstrap 95% CI"),
+        quality,
         Tile("invalid", "Invalid answers", pct(invalid),
              None if invalid is None or base_invalid is None else pts(invalid - base_invalid),
              "inverse" if invalid is not None and base_invalid is not None and invalid != base_invalid else "off",
@@ -565,11 +630,11 @@ def run_points(report: Mapping[str, Any], max_drop: float, metric: str = "f1",
             continue
         if not vs:
             continue
-        ci = vs.get(f"{key}_delta_ci") or [None, None]
+        drop, drop_lo, drop_hi = metric_drop(vs, key)
         v = verdict(arm, max_drop, key)
         rows.append({"label": arm["name"], "name": arm["name"], "strategy": arm["strategy"], "kind": "arm",
                      "compute_ratio": num(vs.get("paper_tflops_ratio")), "prefill_ratio": num(vs.get("prefill_ratio")),
-                     "change": num(vs.get(f"{key}_delta")), "change_lo": num(ci[0]), "change_hi": num(ci[1]),
+                     "change": _neg(drop), "change_lo": _neg(drop_hi), "change_hi": _neg(drop_lo),
                      "feasible": v.status in ("met", "met_with_confidence"), "recommended": arm["name"] == recommended,
                      "trial": None, "state": None})
     return pd.DataFrame(rows, columns=POINT_COLUMNS)
@@ -621,7 +686,7 @@ def list_studies(engine: Engine, url: str) -> list[dict]:
     return studies
 
 
-TRIAL_COLUMNS = ["trial", "state", "values", "strategy", "f1_drop", "accuracy_drop", "drop_ci_high",
+TRIAL_COLUMNS = ["trial", "state", "values", "strategy", "f1_drop", "accuracy_drop", "agreement_drop", "drop_ci_high",
                  "paper_tflops_ratio", "prefill_ratio", "feasible", "evaluated_samples"]
 
 
@@ -638,7 +703,8 @@ def load_trials(url: str, optuna_study_name: str) -> pd.DataFrame:
             "trial": trial.number, "state": trial.state.name,
             "values": list(trial.values) if trial.values is not None else None,
             "strategy": attrs.get("strategy"), "f1_drop": num(attrs.get("f1_drop")),
-            "accuracy_drop": num(attrs.get("accuracy_drop")), "drop_ci_high": num(attrs.get("drop_ci_high")),
+            "accuracy_drop": num(attrs.get("accuracy_drop")), "agreement_drop": num(attrs.get("agreement_drop")),
+            "drop_ci_high": num(attrs.get("drop_ci_high")),
             "paper_tflops_ratio": num(attrs.get("paper_tflops_ratio")),
             "prefill_ratio": num(attrs.get("prefill_ratio")), "feasible": None if feasible is None else bool(feasible),
             "evaluated_samples": attrs.get("evaluated_samples"),

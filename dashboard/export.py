@@ -20,7 +20,8 @@ CSV_COLUMNS = [
     "run", "arm", "strategy", "n", "errors", "accuracy", "f1_macro", "f1_delta", "f1_delta_ci_low",
     "f1_delta_ci_high", "verdict", "compute_saved", "paper_tflops_ratio", "full_tflops_ratio", "prefill_ms_p50",
     "prefill_ms_p95", "prefill_change", "total_ms_p50", "total_ms_p95", "total_change", "invalid_rate", "agreement",
-    "mcnemar_p", "visual_tokens_kept", "gpu_hours_per_month", "cost_per_month", "money_saved_per_month",
+    "agreement_ci_low", "agreement_ci_high", "n_labelled", "mcnemar_p",
+    "visual_tokens_kept", "gpu_hours_per_month", "cost_per_month", "money_saved_per_month",
     "max_drop", "images_per_month", "price_per_gpu_hour", "utilisation", "batch_size", "machine",
 ]
 
@@ -49,6 +50,8 @@ def kpi_rows(report: Mapping[str, Any], inputs: data.CostInputs, max_drop: float
             "total_ms_p50": arm.get("total_ms_p50"), "total_ms_p95": arm.get("total_ms_p95"),
             "total_change": None if total is None else total - 1,
             "invalid_rate": arm.get("invalid_rate"), "agreement": vs.get("agreement"), "mcnemar_p": vs.get("mcnemar_p"),
+            "agreement_ci_low": (vs.get("agreement_ci") or [None, None])[0],
+            "agreement_ci_high": (vs.get("agreement_ci") or [None, None])[1], "n_labelled": arm.get("n_labelled"),
             "visual_tokens_kept": arm.get("visual_tokens_kept"),
             "gpu_hours_per_month": cost.get("gpu_hours"), "cost_per_month": cost.get("cost"),
             "money_saved_per_month": cost.get("money_saved"),
@@ -165,7 +168,10 @@ def build_html(report: Mapping[str, Any], inputs: data.CostInputs, max_drop: flo
                      f"{_e(data.ms(base.get('total_ms_p50')))} · {_e(base.get('n'))} samples</p>")
 
     budget = _e(data.pts(max_drop, signed=False))
-    parts.append(f"<h2>Verdicts against the budget (max {metric_name} drop {budget})</h2>")
+    if data.metric_key(metric) == "agreement":
+        parts.append(f"<h2>Verdicts against the budget (at most {_e(data.pct(max_drop))} of answers changed)</h2>")
+    else:
+        parts.append(f"<h2>Verdicts against the budget (max {metric_name} drop {budget})</h2>")
     pruned = data.pruned_arms(report)
     if not pruned:
         parts.append("<p>This run has no pruned arm.</p>")
@@ -187,8 +193,9 @@ def build_html(report: Mapping[str, Any], inputs: data.CostInputs, max_drop: flo
             arm["name"], "baseline" if is_base else tiles["compute_saved"].value,
             data.ms(arm.get("prefill_ms_p50")) if is_base else tiles["prefill"].value,
             data.ms(arm.get("total_ms_p50")) if is_base else tiles["total"].value,
-            data.fixed(arm.get("f1_macro")) if is_base else tiles["f1_change"].value,
-            "" if is_base else data.ci_pts(vs.get("f1_delta_ci")),
+            data.fixed(arm.get("f1_macro")) if is_base else (tiles.get("f1_change") or tiles["agreement"]).value,
+            "" if is_base else data.ci_pts(vs.get("f1_delta_ci")) if "f1_change" in tiles
+            else tiles["agreement"].delta,
             tiles["invalid"].value, data.pct(vs.get("agreement")) if vs else "",
             data.fixed(vs.get("mcnemar_p")) if vs else "",
             "" if is_base else data.verdict(arm, max_drop, metric).label,

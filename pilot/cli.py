@@ -48,7 +48,8 @@ def _run(args: argparse.Namespace) -> int:
     overrides = {"model": args.model, "dataset": args.dataset, "arms": args.arm, "limit": args.limit,
                  "batch_size": args.batch_size, "device": args.device, "dtype": args.dtype,
                  "max_new_tokens": args.max_new_tokens,
-                 "labels": args.labels.split(",") if args.labels else None, "prompt_template": args.prompt_template}
+                 "labels": args.labels.split(",") if args.labels else None, "prompt_template": args.prompt_template,
+                 "no_labels": args.no_labels or None, "controls": args.controls}
     data.update({key: value for key, value in overrides.items() if value is not None})
     settings = RunSettings.from_dict(data, args.study or "flags")
     try:
@@ -81,12 +82,19 @@ def _plan(args: argparse.Namespace) -> int:
     sessions = open_store(args.db)
     with sessions() as session:
         report = build_report(session, find_run(session, args.run).id)
-    plans = plan_report(report, args.max_drop, args.metric)
+    metric = args.metric
+    from pilot.report import labelled_none
+
+    if labelled_none(report["arms"]) and metric != "agreement":
+        metric = "agreement"  # a run without labels: the share of changed answers is the only drop it has
+        print(f"run {report['run_id']} has no labels: budget on the share of changed answers (--metric agreement)",
+              file=sys.stderr)
+    plans = plan_report(report, args.max_drop, metric)
     if args.json:
         print(json.dumps(plan_rows(plans)))
         return 0
     print(f"Run {report['run_id']}: {report['name']}")
-    print("\n".join(format_plan(plans, args.max_drop, args.metric)) if plans else "(no pruned arm)")
+    print("\n".join(format_plan(plans, args.max_drop, metric)) if plans else "(no pruned arm)")
     for plan in plans:
         print(f"\n{plan['strategy']}: {plan_sentence(plan)}")
     return 0
@@ -132,7 +140,7 @@ def _tune(args: argparse.Namespace) -> int:
         metric=args.metric, max_drop=args.max_drop, objective=args.objective, mode=args.mode,
         multi_objective=args.multi_objective, trials=args.trials, timeout_s=args.timeout, study=args.study,
         seed=args.seed, heldout_fraction=args.heldout_fraction, batch_size=args.batch_size, device=args.device,
-        dtype=args.dtype, limit=args.limit, max_new_tokens=args.max_new_tokens,
+        dtype=args.dtype, limit=args.limit, max_new_tokens=args.max_new_tokens, no_labels=args.no_labels,
     )
     result = tune(settings, db_url=args.db, progress=not args.json and sys.stderr.isatty(), verbose=args.verbose)
     if args.json:
@@ -188,6 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-new-tokens", type=int)
     run.add_argument("--labels", help="declared label set, comma separated (default: inferred)")
     run.add_argument("--prompt-template", help="question for rows without one; {labels} is replaced")
+    run.add_argument("--no-labels", action="store_true",
+                     help="ignore the manifest's labels: compare arms with the baseline's answers (agreement)")
+    run.add_argument("--controls", choices=["matched"],
+                     help="matched: add FastV, PDrop, DivPrune, random and pooling arms at each TransPrune arm's "
+                          "paper TFLOPs (within 1%%; pooling at its nearest factor, marked)")
     run.add_argument("--db", help="SQLAlchemy URL or SQLite file (default ./pilot.db)")
     run.add_argument("--json", action="store_true", help="print one JSON object")
     run.set_defaults(func=_run)
@@ -197,13 +210,15 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--db")
     report.add_argument("--json", action="store_true")
     report.add_argument("--max-drop", type=float, default=0.01, help="budget for the samples-needed table")
-    report.add_argument("--metric", default="f1", choices=["f1", "f1_macro", "accuracy"])
+    report.add_argument("--metric", default="f1", choices=["f1", "f1_macro", "accuracy", "agreement"],
+                        help="agreement: the budget is the largest share of answers that change (no labels needed)")
     report.set_defaults(func=_report)
 
     plan = commands.add_parser("plan", help="paired samples each pruned arm's verdict needs, for a budget")
     plan.add_argument("run", help="run id or name")
     plan.add_argument("--max-drop", type=float, required=True, help="budget: largest allowed drop (0.01 = 1 pt)")
-    plan.add_argument("--metric", default="f1", choices=["f1", "f1_macro", "accuracy"])
+    plan.add_argument("--metric", default="f1", choices=["f1", "f1_macro", "accuracy", "agreement"],
+                      help="agreement: the budget is the largest share of answers that change (no labels needed)")
     plan.add_argument("--db")
     plan.add_argument("--json", action="store_true", help="print one JSON list, one object per pruned arm")
     plan.set_defaults(func=_plan)
@@ -229,7 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
     tune_parser.add_argument("--model", help="checkpoint folder (default: the embedded demo)")
     tune_parser.add_argument("--dataset", help="manifest (default: the demo dataset)")
     tune_parser.add_argument("--labels", help="declared label set, comma separated")
-    tune_parser.add_argument("--metric", default="f1_macro", choices=["f1_macro", "accuracy"])
+    tune_parser.add_argument("--metric", default="f1_macro", choices=["f1_macro", "accuracy", "agreement"],
+                             help="agreement: at most --max-drop of the answers change (no labels needed)")
+    tune_parser.add_argument("--no-labels", action="store_true",
+                             help="ignore the manifest's labels (the budget is then --metric agreement)")
     tune_parser.add_argument("--max-drop", type=float, default=0.01, help="budget: largest allowed drop (0.01 = 1 pt)")
     tune_parser.add_argument("--objective", default="tflops", choices=["tflops", "latency"])
     tune_parser.add_argument("--mode", default="ratio", choices=["ratio", "mass"],
@@ -259,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="the whole loop on the embedded default")
     demo.add_argument("--db")
     demo.add_argument("--limit", type=int, help="first N demo images only")
-    demo.add_argument("--trials", type=int, default=12)
+    demo.add_argument("--trials", type=int, help="tuner trials (default: the demo's 16)")
     demo.set_defaults(func=_demo)
     return parser
 

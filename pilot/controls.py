@@ -75,3 +75,37 @@ def matched_controls(arm: str | TransPrune, dims: ModelDims, n_visual: int, fast
         matched = abs(error) <= TOLERANCE and not isinstance(strategy, TokenPool)
         controls.append(Control(str(strategy), str(parse(arm)), tflops, error, matched))
     return controls
+
+
+def expand_arms(arms: list[str], dims: ModelDims, n_visual: int) -> tuple[list[str], dict[str, dict]]:
+    """``arms`` plus, after each TransPrune arm, its matched controls (each arm once).
+
+    Returns the arms and, per control arm, what it is matched to: ``{"arm": TransPrune arm,
+    "relative_error": ..., "matched": bool}`` (the run keeps it in its settings, for the report).
+    """
+    expanded: list[str] = []
+    matched_to: dict[str, dict] = {}
+    for arm in arms:
+        if arm not in expanded:
+            expanded.append(arm)
+        strategy = parse(arm)
+        if not isinstance(strategy, TransPrune) or strategy.mass:
+            continue
+        for control in matched_controls(arm, dims, n_visual):
+            if control.strategy in expanded:
+                continue
+            expanded.append(control.strategy)
+            matched_to[control.strategy] = {"arm": control.matches, "relative_error": control.relative_error,
+                                            "matched": control.matched}
+    return expanded, matched_to
+
+
+def expand_for_model(arms: list[str], model: str | None) -> tuple[list[str], dict[str, dict]]:
+    """``expand_arms`` for a model folder (or ``demo``), matched for the family's typical image
+    (LLaVA: its crop's tokens; dynamic-resolution families: ``default_visual_tokens``)."""
+    from pilot.models import resolve_path
+    from pilot.pruning.flops import default_visual_tokens, load_dims
+
+    _, path = resolve_path(model)
+    dims = load_dims(path)
+    return expand_arms(arms, dims, default_visual_tokens(dims))

@@ -4,6 +4,15 @@ Definitions follow docs/kpis.md: accuracy, macro-F1 (scikit-learn's, ``invalid``
 invalid rate, agreement; paired bootstrap intervals and McNemar's test for the differences to baseline;
 mean of per-sample FLOP ratios and ratio of means; latency percentiles.
 
+Pilots without labels: a sample whose label is ``""`` (``pilot.data.manifest.UNLABELLED``) counts for
+everything but the label-based KPIs (accuracy, macro-F1, their differences, McNemar), which use the labelled
+samples only (``n_labelled``). Agreement with the baseline's answer (both normalised to a label or ``invalid``)
+uses every paired sample, with a Wilson score 95% interval (``agreement_ci``; a percentile bootstrap of a share
+near 1 collapses to a point when no answer changed), and ``answer_changes`` gives, per baseline answer, how many
+samples had it and how many of them the pruned arm answers otherwise. ``budget_verdict(..., "agreement")``
+reads the budget as the largest share of changed answers. An empty label set means free-text answers: any
+answer but ``invalid`` is valid.
+
 Every function returns plain Python numbers, lists, dicts and ``None`` (never NaN), so results can be
 written with ``json.dumps(..., allow_nan=False)``.
 """
@@ -19,6 +28,9 @@ from scipy import stats
 from sklearn.metrics import f1_score
 
 INVALID = "invalid"
+UNLABELLED = ""  # pilot.data.manifest.UNLABELLED (no torch or data imports here)
+METRICS = ("f1", "accuracy", "agreement")
+Z95 = 1.959963984540054
 
 # McNemar: below this many discordant pairs the exact binomial test is used, at or above it the
 # chi-square approximation with continuity correction.
@@ -45,6 +57,10 @@ class Outcome:
     @property
     def errored(self) -> bool:
         return self.error is not None or self.prediction is None
+
+    @property
+    def labelled(self) -> bool:
+        return self.label is not None and self.label != UNLABELLED
 
     @property
     def correct(self) -> bool:
@@ -104,9 +120,25 @@ def _y_pred(outcomes: Sequence[Outcome], labels: list[str]) -> list[str]:
 
 
 def _norm_prediction(prediction: str | None, allowed: set[str]) -> str | None:
+    """A label, or ``invalid``; with an empty label set (free-text answers) the answer itself."""
     if prediction is None:
         return None
+    if not allowed:
+        return prediction
     return prediction if prediction in allowed else INVALID
+
+
+def wilson_interval(successes: int, n: int, z: float = Z95) -> list[float] | None:
+    """The Wilson score interval of a share ``successes / n`` (two-sided 95% by default); None when n is 0."""
+    if n <= 0:
+        return None
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    low = 0.0 if successes == 0 else max(0.0, centre - half)  # exact at the ends (no float dust)
+    high = 1.0 if successes == n else min(1.0, centre + half)
+    return [low, high]
 
 
 def _codes(outcomes: Sequence[Outcome], labels: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -122,31 +154,34 @@ def _codes(outcomes: Sequence[Outcome], labels: list[str]) -> tuple[np.ndarray, 
 
 
 def arm_kpis(outcomes: Sequence[Outcome], labels: Sequence[str]) -> dict:
-    """KPIs of one arm; errored samples count only in ``errors``."""
-    labels = _labels(labels)
+    """KPIs of one arm; errored samples count only in ``errors``. Accuracy and macro-F1 are on the labelled
+    samples (``n_labelled``; None without any), the invalid rate on all."""
+    labels = list(dict.fromkeys(labels))  # may be empty: free-text answers
     ok = _ok(outcomes)
     n = len(ok)
     errors = len(outcomes) - n
     allowed = set(labels)
-    invalid = sum(1 for o in ok if o.prediction not in allowed)
+    invalid = sum(1 for o in ok if (o.prediction not in allowed if allowed else o.prediction == INVALID))
+    scored = [o for o in ok if o.labelled]
 
-    if n:
-        y_true = [o.label for o in ok]
-        y_pred = _y_pred(ok, labels)
+    f1_per_class = {label: None for label in labels}
+    f1_macro = accuracy = None
+    if scored and labels:
+        y_true = [o.label for o in scored]
+        y_pred = _y_pred(scored, labels)
         per_class = f1_score(y_true, y_pred, labels=labels, average=None, zero_division=0)
         f1_per_class = {label: float(v) for label, v in zip(labels, per_class, strict=True)}
         f1_macro = float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0))
-        accuracy = sum(o.correct for o in ok) / n
-        invalid_rate = invalid / n
-    else:
-        f1_per_class = {label: None for label in labels}
-        f1_macro = accuracy = invalid_rate = None
+    if scored:
+        accuracy = sum(o.correct for o in scored) / len(scored)
+    invalid_rate = invalid / n if n else None
 
     prefill = [o.prefill_ms for o in ok]
     total = [o.total_ms for o in ok]
     latency_n = sum(1 for o in ok if _finite([o.prefill_ms, o.total_ms]))
     return {
         "n": n,
+        "n_labelled": len(scored),
         "errors": errors,
         "invalid": invalid,
         "invalid_rate": invalid_rate,
@@ -296,37 +331,38 @@ def compare(
     resamples: int = 2000,
     seed: int = 0,
 ) -> dict:
-    """Paired comparison of ``pruned`` with ``baseline`` on the samples with a result in both arms."""
-    labels = _labels(labels)
+    """Paired comparison of ``pruned`` with ``baseline`` on the samples with a result in both arms.
+
+    Label-based differences (macro-F1, accuracy, McNemar) on the labelled pairs (``n_labelled``), None without
+    any; agreement, its Wilson 95% interval and the answer changes per baseline answer on every pair."""
+    labels = list(dict.fromkeys(labels))  # may be empty: free-text answers
     if resamples < 1:
         raise ValueError("resamples must be >= 1")
-    b, p = _paired(baseline, pruned)
-    n = len(b)
-    out: dict = {"n_paired": n, "resamples": resamples, "seed": seed}
+    b_all, p_all = _paired(baseline, pruned)
+    n = len(b_all)
+    scored = [i for i, o in enumerate(b_all) if o.labelled]
+    b, p = [b_all[i] for i in scored], [p_all[i] for i in scored]
+    n_labelled = len(b)
+    out: dict = {"n_paired": n, "n_labelled": n_labelled, "resamples": resamples, "seed": seed}
 
-    if n:
+    if n_labelled and labels:
         k = len(labels)
         t, pred_b = _codes(b, labels)
         _, pred_p = _codes(p, labels)
         correct_b = np.array([o.correct for o in b], dtype=np.float64)
         correct_p = np.array([o.correct for o in p], dtype=np.float64)
 
-        ones = np.ones((1, n))
+        ones = np.ones((1, n_labelled))
         f1_delta = _macro_f1_from_counts(ones, t, pred_p, k)[0] - _macro_f1_from_counts(ones, t, pred_b, k)[0]
         acc_delta = correct_p.mean() - correct_b.mean()
 
         rng = np.random.default_rng(seed)
-        counts = _resample_counts(rng.integers(0, n, size=(resamples, n)), n)
+        counts = _resample_counts(rng.integers(0, n_labelled, size=(resamples, n_labelled)), n_labelled)
         boot_f1 = _macro_f1_from_counts(counts, t, pred_p, k) - _macro_f1_from_counts(counts, t, pred_b, k)
-        boot_acc = counts @ (correct_p - correct_b) / n
+        boot_acc = counts @ (correct_p - correct_b) / n_labelled
 
         nb = int(np.sum((correct_b == 1) & (correct_p == 0)))
         nc = int(np.sum((correct_b == 0) & (correct_p == 1)))
-        allowed = set(labels)
-        agree = sum(
-            _norm_prediction(ob.prediction, allowed) == _norm_prediction(op.prediction, allowed)
-            for ob, op in zip(b, p, strict=True)
-        )
         out.update(
             f1_delta=float(f1_delta),
             f1_delta_ci=_ci(boot_f1),
@@ -334,7 +370,6 @@ def compare(
             accuracy_delta_ci=_ci(boot_acc),
             mcnemar_p=mcnemar_p(nb, nc),
             discordant={"baseline_only": nb, "pruned_only": nc},
-            agreement=agree / n,
         )
     else:
         out.update(
@@ -344,32 +379,66 @@ def compare(
             accuracy_delta_ci=None,
             mcnemar_p=None,
             discordant={"baseline_only": 0, "pruned_only": 0},
-            agreement=None,
         )
+    agree, changes = _agreement(b_all, p_all, labels)
+    out.update(agreement=agree / n if n else None, agreement_ci=wilson_interval(agree, n), answer_changes=changes)
 
     out.update(
-        paper_tflops_ratio=_mean_of_ratios(b, p, "paper_tflops"),
-        paper_tflops_ratio_of_means=_ratio_of_means(b, p, "paper_tflops"),
-        full_tflops_ratio=_mean_of_ratios(b, p, "full_tflops"),
-        full_tflops_ratio_of_means=_ratio_of_means(b, p, "full_tflops"),
-        prefill_ratio=_ratio_of_medians(b, p, "prefill_ms"),
-        total_ratio=_ratio_of_medians(b, p, "total_ms"),
+        paper_tflops_ratio=_mean_of_ratios(b_all, p_all, "paper_tflops"),
+        paper_tflops_ratio_of_means=_ratio_of_means(b_all, p_all, "paper_tflops"),
+        full_tflops_ratio=_mean_of_ratios(b_all, p_all, "full_tflops"),
+        full_tflops_ratio_of_means=_ratio_of_means(b_all, p_all, "full_tflops"),
+        prefill_ratio=_ratio_of_medians(b_all, p_all, "prefill_ms"),
+        total_ratio=_ratio_of_medians(b_all, p_all, "total_ms"),
     )
     return out
+
+
+def _agreement(b: Sequence[Outcome], p: Sequence[Outcome], labels: list[str]) -> tuple[int, dict]:
+    """Pairs whose normalised answers agree, and per baseline answer ``{"n", "changed", "rate"}`` (labels in
+    their order, then ``invalid``, then free-text answers by how often the baseline gave them)."""
+    allowed = set(labels)
+    per: dict[str, list[int]] = {}
+    agree = 0
+    for ob, op in zip(b, p, strict=True):
+        answer_b = _norm_prediction(ob.prediction, allowed)
+        same = answer_b == _norm_prediction(op.prediction, allowed)
+        agree += same
+        counts = per.setdefault(answer_b, [0, 0])
+        counts[0] += 1
+        counts[1] += not same
+    rank = {label: i for i, label in enumerate([*labels, INVALID])}
+    order = sorted(per, key=lambda a: (rank.get(a, len(rank)), -per[a][0], a))
+    return agree, {a: {"n": per[a][0], "changed": per[a][1], "rate": per[a][1] / per[a][0]} for a in order}
+
+
+def metric_drop(comparison: dict, metric: str) -> tuple[float | None, float | None, float | None]:
+    """(drop, low end, high end of its 95% interval) of ``metric`` ("f1", "accuracy" or "agreement"); None where
+    the comparison has no value. f1 / accuracy: drop = -delta. Agreement: drop = the share of changed answers,
+    1 - agreement, its interval from the agreement's Wilson interval."""
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {', '.join(METRICS)}, not {metric!r}")
+    if metric == "agreement":
+        value, ci = comparison.get("agreement"), comparison.get("agreement_ci")
+        drop = None if value is None else 1.0 - float(value) + 0.0
+        if not ci or ci[0] is None:
+            return drop, None, None
+        return drop, 1.0 - float(ci[1]) + 0.0, 1.0 - float(ci[0]) + 0.0
+    delta, ci = comparison.get(f"{metric}_delta"), comparison.get(f"{metric}_delta_ci")
+    drop = None if delta is None else -float(delta) + 0.0
+    if not ci or ci[0] is None:
+        return drop, None, None
+    return drop, -float(ci[1]) + 0.0, -float(ci[0]) + 0.0
 
 
 def budget_verdict(comparison: dict, metric: str = "f1", max_drop: float = 0.01) -> dict:
     """Whether a pruned arm meets a quality budget (docs/kpis.md).
 
-    drop = -delta; ``met`` when drop <= max_drop, ``met_with_confidence`` when the upper end of the drop's
-    95% interval (-ci_low) is too. ``None`` where the comparison has no value.
+    drop = -delta (``agreement``: the share of answers that change, 1 - agreement); ``met`` when drop <= max_drop,
+    ``met_with_confidence`` when the upper end of the drop's 95% interval is too. ``None`` where the comparison
+    has no value.
     """
-    if metric not in ("f1", "accuracy"):
-        raise ValueError(f"metric must be 'f1' or 'accuracy', not {metric!r}")
-    delta = comparison.get(f"{metric}_delta")
-    ci = comparison.get(f"{metric}_delta_ci")
-    drop = None if delta is None else -float(delta) + 0.0
-    drop_ci_high = None if not ci or ci[0] is None else -float(ci[0]) + 0.0
+    drop, _, drop_ci_high = metric_drop(comparison, metric)
     return {
         "metric": metric,
         "max_drop": max_drop,

@@ -5,10 +5,11 @@ Qwen2.5-VL, Qwen3-VL and its MoE variant) loads through the Auto classes for ima
 models and processors. Offline, safetensors only, no remote code: the same path serves the demo
 and a real checkpoint.
 
-Qwen processors hold a video processor, which transformers builds only with torchvision. The
-pilot feeds images only, so without torchvision the stock processor class is built without it
-(``images_only``): images and text are processed exactly as by the full processor; video input
-then needs torchvision.
+Qwen, InternVL, SmolVLM and LLaVA-OneVision processors hold a video processor, which transformers
+builds only with torchvision. The pilot feeds images only, so without torchvision the stock
+processor class is built without it (``images_only``): images and text are processed exactly as
+by the full processor; video input then needs torchvision. (SmolVLM's processor also needs the
+``num2words`` package, for its video prompts.)
 """
 
 from __future__ import annotations
@@ -99,14 +100,27 @@ def images_only(processor_class: type) -> type:
 
     Same name and behaviour for images and text: ``__call__`` skips videos when the processor has
     no ``video_processor``; ``from_pretrained`` then loads the image processor, the tokenizer and
-    the chat template only.
+    the chat template only. ``from_pretrained`` passes ``video_processor=None`` (SmolVLM's
+    ``__init__`` requires the argument; built directly, pass it too). The chat template is rendered
+    by ``ProcessorMixin.apply_chat_template``: SmolVLM's own only adds its video processor's frame
+    defaults, and reads them even for images.
     """
+    from transformers import ProcessorMixin
 
     def get_attributes(cls):
         return [name for name in processor_class.get_attributes() if name != "video_processor"]
 
+    def from_args_and_dict(cls, args, processor_dict, **kwargs):
+        processor_dict = {k: v for k, v in processor_dict.items() if k != "video_processor"}
+        return processor_class.from_args_and_dict.__func__(cls, args, processor_dict, **kwargs,
+                                                           video_processor=None)
+
+    def apply_chat_template(self, conversation, chat_template=None, **kwargs):
+        return ProcessorMixin.apply_chat_template(self, conversation, chat_template, **kwargs)
+
     return type(processor_class.__name__, (processor_class,), {
-        "get_attributes": classmethod(get_attributes), "__module__": processor_class.__module__,
+        "get_attributes": classmethod(get_attributes), "from_args_and_dict": classmethod(from_args_and_dict),
+        "apply_chat_template": apply_chat_template, "__module__": processor_class.__module__,
         "__qualname__": processor_class.__qualname__,
         "__doc__": f"{processor_class.__name__} for images and text only (no torchvision: no video processor).",
     })

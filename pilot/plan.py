@@ -23,6 +23,15 @@ as 1/sqrt(n), which gives ``n = ceil(n_now * ((U - D) / (B - D)) ** 2)`` (for ac
 number as above, up to the bootstrap's own noise). Without a usable interval the accuracy discordance stands
 in as the proxy for the spread.
 
+Agreement (pilots without labels). The drop is the share p of answers that change, and its interval is the
+Wilson score interval (``pilot.metrics.wilson_interval``), whose upper end falls under B exactly when
+``(B - p)**2 >= Z**2 * B * (1 - B) / n``, i.e. at
+
+    n = ceil(Z**2 * B * (1 - B) / (B - p)**2)
+
+paired samples (no labels needed); unlike the normal approximation it stays finite and honest when no answer
+changed at all (p = 0: 188 samples for B = 2%).
+
 Both assume that the observed drop and spread hold on more data of the same kind. When the observed drop is
 already at or over the budget, more samples will not show the budget met: ``samples_needed`` is then ``None``
 with a ``reason``, as it is when there is no paired result or no discordance information.
@@ -37,8 +46,8 @@ from typing import Any
 from pilot.metrics import _BUDGET_TOL, budget_verdict
 
 Z = 1.959963984540054  # two-sided 95% interval -> its upper end is a one-sided 97.5% bound
-METRICS = {"f1": "f1", "f1_macro": "f1", "accuracy": "accuracy"}
-TITLES = {"f1": "macro-F1", "accuracy": "accuracy"}
+METRICS = {"f1": "f1", "f1_macro": "f1", "accuracy": "accuracy", "agreement": "agreement"}
+TITLES = {"f1": "macro-F1", "accuracy": "accuracy", "agreement": "answer change"}
 
 MET = "met with confidence on the current samples"
 WILL_NOT_HELP = "the observed drop already reaches the budget: more samples will not help"
@@ -48,10 +57,10 @@ ASSUMES = "if the observed drop and discordance hold on more samples"
 
 
 def metric_key(metric: str | None) -> str:
-    """``f1`` / ``f1_macro`` -> "f1", ``accuracy`` -> "accuracy"."""
+    """``f1`` / ``f1_macro`` -> "f1", ``accuracy`` -> "accuracy", ``agreement`` -> "agreement"."""
     key = METRICS.get((metric or "f1").lower())
     if key is None:
-        raise ValueError(f"metric {metric!r}: use f1 or accuracy")
+        raise ValueError(f"metric {metric!r}: use f1, accuracy or agreement")
     return key
 
 
@@ -71,6 +80,15 @@ def samples_for_accuracy(drop: float, discordance: float, max_drop: float, z: fl
     return _normal_n(discordance - drop * drop, max_drop - drop, z)
 
 
+def samples_for_agreement(disagreement: float, max_drop: float, z: float = Z) -> int | None:
+    """Paired samples for the Wilson upper bound of the share of changed answers to reach ``max_drop``:
+    ``ceil(z**2 * B * (1 - B) / (B - p)**2)``; None when ``p >= B`` (or B is not a share in (0, 1))."""
+    gap = max_drop - disagreement
+    if gap <= _BUDGET_TOL or not 0 < max_drop < 1:
+        return None
+    return max(1, math.ceil(z * z * max_drop * (1 - max_drop) / (gap * gap) - 1e-9))
+
+
 def samples_by_scaling(n_now: int, drop: float, drop_ci_high: float, max_drop: float) -> int | None:
     """Paired samples for an upper bound at ``drop_ci_high`` on ``n_now`` samples to reach ``max_drop``, with the
     interval's half-width shrinking as 1/sqrt(n): ``ceil(n_now * ((U - D) / (B - D))**2)``."""
@@ -86,7 +104,8 @@ def plan_comparison(comparison: Mapping[str, Any] | None, max_drop: float, metri
 
     Keys: ``metric``, ``max_drop``, ``n`` (paired samples now), ``drop``, ``drop_ci_high``, ``discordance``,
     ``met_with_confidence``, ``samples_needed`` (paired samples in all, or None), ``more_needed`` (beyond ``n``,
-    or None), ``method`` ("discordance" / "bootstrap scaling" / None) and ``reason`` (always a sentence).
+    or None), ``method`` ("discordance" / "bootstrap scaling" / "wilson" / None) and ``reason`` (always a
+    sentence). ``n`` counts the labelled pairs for macro-F1 and accuracy, every pair for agreement.
     """
     key = metric_key(metric)
     comparison = comparison or {}
@@ -94,14 +113,19 @@ def plan_comparison(comparison: Mapping[str, Any] | None, max_drop: float, metri
     out: dict[str, Any] = {"metric": key, "max_drop": max_drop, "n": n, "drop": None, "drop_ci_high": None,
                            "discordance": None, "met_with_confidence": None, "samples_needed": None,
                            "more_needed": None, "method": None, "reason": NO_PAIRS}
-    if not n or comparison.get(f"{key}_delta") is None:
-        return out
     verdict = budget_verdict(comparison, key, max_drop)
+    if not n or verdict["drop"] is None:
+        return out
     drop, high = verdict["drop"], verdict["drop_ci_high"]
     discordant = comparison.get("discordant") or {}
     discordance = None
-    if "baseline_only" in discordant and "pruned_only" in discordant:
-        discordance = (int(discordant["baseline_only"]) + int(discordant["pruned_only"])) / n
+    if key == "agreement":
+        discordance = drop  # the share of answers that change
+    else:
+        n = int(comparison.get("n_labelled", n) or 0)  # the label-based drops are on the labelled pairs
+        if n and "baseline_only" in discordant and "pruned_only" in discordant:
+            discordance = (int(discordant["baseline_only"]) + int(discordant["pruned_only"])) / n
+    out["n"] = n
     out.update(drop=drop, drop_ci_high=high, discordance=discordance,
                met_with_confidence=verdict["met_with_confidence"])
     if verdict["met_with_confidence"]:
@@ -110,7 +134,9 @@ def plan_comparison(comparison: Mapping[str, Any] | None, max_drop: float, metri
         return {**out, "reason": WILL_NOT_HELP}
 
     needed, method = None, None
-    if key == "f1" and high is not None and high - drop > 1e-12:
+    if key == "agreement":
+        needed, method = samples_for_agreement(drop, max_drop), "wilson"
+    elif key == "f1" and high is not None and high - drop > 1e-12:
         needed, method = samples_by_scaling(n, drop, high, max_drop), "bootstrap scaling"
     elif discordance is not None:
         # accuracy: its own drop; macro-F1 without an interval: the accuracy discordance as the proxy of the spread
@@ -139,6 +165,10 @@ def _pts(value: float | None) -> str:
     return "-" if value is None else f"{value * 100:.1f} pts"
 
 
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.1f}%"
+
+
 def plan_sentence(plan: Mapping[str, Any]) -> str:
     """The plan as one sentence for a person (the dashboard's verdict panel, the tuner's closing message)."""
     title = TITLES[plan["metric"]]
@@ -147,6 +177,10 @@ def plan_sentence(plan: Mapping[str, Any]) -> str:
         return f"No verdict yet: {NO_PAIRS}."
     seen = (f"{title} drop {_pts(plan['drop'])} (95% upper end {_pts(plan['drop_ci_high'])}) on "
             f"{plan['n']:,} paired samples")
+    if plan["metric"] == "agreement":
+        budget = f"{_share(plan['max_drop'])} of answers changed"
+        seen = (f"{_share(plan['drop'])} of answers change (95% upper end {_share(plan['drop_ci_high'])}) on "
+                f"{plan['n']:,} paired samples")
     if plan["met_with_confidence"]:
         return f"{seen}: the budget of {budget} is met with confidence; no more samples needed."
     if plan["samples_needed"] is None:
@@ -154,7 +188,8 @@ def plan_sentence(plan: Mapping[str, Any]) -> str:
             return (f"{seen}: the observed drop already reaches the budget of {budget}, so more samples will not "
                     "show it met.")
         return f"{seen}: no sample-size estimate ({plan['reason']})."
-    return (f"{seen}: label about {plan['more_needed']:,} more images ({plan['samples_needed']:,} paired samples "
+    verb = "run about" if plan["metric"] == "agreement" else "label about"
+    return (f"{seen}: {verb} {plan['more_needed']:,} more images ({plan['samples_needed']:,} paired samples "
             f"in all) for the upper end to fall under the budget of {budget}, {ASSUMES}.")
 
 

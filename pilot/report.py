@@ -55,6 +55,15 @@ def _delta_ci(delta, ci) -> str:
     return text
 
 
+def _share_ci(value, ci) -> str:
+    """A share with its interval: ``0.973 [0.951, 0.986]``."""
+    text = _fixed(value)
+    if text != MISSING and isinstance(ci, list | tuple) and len(ci) == 2 \
+            and all(finite_number(v) is not None for v in ci):
+        text += f" [{_fixed(ci[0])}, {_fixed(ci[1])}]"
+    return text
+
+
 def _pvalue(value) -> str:
     v = finite_number(value)
     if v is None:
@@ -178,6 +187,12 @@ def _header(report: dict, width: int = WIDTH) -> list[str]:
         f"machine: {_machine(report.get('machine'))}",
         f"batch size: {get('batch_size')} (latencies are per sample = batch time / batch size)",
     ]
+    workers = report.get("workers") or []
+    if len(workers) > 1:  # a run shared by workers: who computed how much, where
+        segments.append(f"workers: {len(workers)} (" + ", ".join(
+            f"{w['worker']} on {w['device']}: {w['results']} results" for w in workers) + ")")
+    if report.get("latency_note"):
+        segments.append(f"note: {report['latency_note']}")
     lines: list[str] = []
     open_line = False  # whether the last line may take another segment
     for segment in segments:
@@ -203,7 +218,7 @@ def _quality_columns() -> list[tuple[str, _Cell]]:
         ("ΔF1 [95% CI]", lambda a, v: _delta_ci(v.get("f1_delta"), v.get("f1_delta_ci"))),
         ("ΔAcc", lambda a, v: _signed(v.get("accuracy_delta"))),
         ("McNemar p", lambda a, v: _pvalue(v.get("mcnemar_p"))),
-        ("agreement", lambda a, v: _fixed(v.get("agreement"))),
+        ("agreement [95% CI]", lambda a, v: _share_ci(v.get("agreement"), v.get("agreement_ci"))),
     ]
 
 
@@ -264,6 +279,38 @@ def _per_class(arms: list[dict]) -> list[str]:
     return _table(headers, rows, [False] + [True] * len(arms))
 
 
+def has_unlabelled(arms: Sequence[dict]) -> bool:
+    """Whether some samples of the run carry no label (a pilot without labels, or labels on some rows only)."""
+    return any(a.get("n_labelled") is not None and a["n_labelled"] < (a.get("n") or 0) for a in arms)
+
+
+def labelled_none(arms: Sequence[dict]) -> bool:
+    """Whether no sample of the run carries a label: only the agreement view has numbers."""
+    return bool(arms) and all(a.get("n_labelled") == 0 for a in arms)
+
+
+def _answer_changes(arms: list[dict]) -> list[str]:
+    """Per baseline answer (rows) and pruned arm (columns): how many of the samples the baseline answered so the
+    arm answers otherwise, ``changed/n``."""
+    pruned = [a for a in arms if (a.get("vs_baseline") or {}).get("answer_changes")]
+    if not pruned:
+        return []
+    answers: list[str] = []
+    for arm in pruned:
+        for answer in arm["vs_baseline"]["answer_changes"]:
+            if answer not in answers:
+                answers.append(answer)
+    names = _names(arms)
+
+    def cell(arm: dict, answer: str) -> str:
+        change = arm["vs_baseline"]["answer_changes"].get(answer)
+        return MISSING if not change else f"{change['changed']}/{change['n']}"
+
+    headers = ["baseline answer", *(names[str(a.get("name", MISSING))] for a in pruned)]
+    rows = [[_short(answer, 24), *(cell(a, answer) for a in pruned)] for answer in answers]
+    return _table(headers, rows, [False] + [True] * len(pruned))
+
+
 _PLAN_NOTES = {"met": "met with confidence", "will_not_help": "drop >= budget: more samples will not help",
                "assumes": "if the drop and its spread hold", "no_pairs": "no paired results",
                "no_discordance": "no discordance information"}
@@ -281,14 +328,21 @@ def format_plan(plans: Sequence[dict], max_drop: float, metric: str = "f1") -> l
     from pilot.plan import TITLES, metric_key
 
     title = TITLES[metric_key(metric)]
-    lines = [f"Samples for a verdict ({title} drop at most {max_drop * 100:.1f} points with confidence; another "
-             "budget: pilot plan RUN --max-drop X)"]
+    budget = (f"at most {max_drop * 100:.1f}% of answers changed" if metric_key(metric) == "agreement" else
+              f"{title} drop at most {max_drop * 100:.1f} points")
+    lines = [f"Samples for a verdict ({budget} with confidence; another budget: pilot plan RUN --max-drop X)"]
     names = arm_labels([str(p.get("arm") or p.get("strategy") or MISSING) for p in plans])
     rows = [[names[str(p.get("arm") or p.get("strategy") or MISSING)], _int(p["n"]), _signed(p["drop"]),
              _signed(p["drop_ci_high"]), _int(p["samples_needed"]), _int(p["more_needed"]), _plan_note(p)]
             for p in plans]
     return lines + _table(["arm", "n", "drop", "95% upper", "needed", "more", "note"], rows,
                           [False, True, True, True, True, True, False])
+
+
+def metric_key_of(metric: str | None) -> str:
+    from pilot.plan import metric_key
+
+    return metric_key(metric)
 
 
 def format_report(report: dict, max_drop: float | None = 0.01, metric: str = "f1") -> str:
@@ -305,16 +359,49 @@ def format_report(report: dict, max_drop: float | None = 0.01, metric: str = "f1
         "Compute and latency (ratio = pruned / baseline; latencies in ms per sample; vis tokens = visual tokens kept)",
     ]
     lines += _arm_table(arms, _cost_columns())
-    per_class = _per_class(arms)
+    per_class = _per_class(arms) if not labelled_none(arms) else []
     if per_class:
         lines += ["", "Per-class F1", *per_class]
+    if has_unlabelled(arms):
+        labelled = max((a.get("n_labelled") or 0 for a in arms), default=0)
+        lines += ["", f"Without labels: agreement uses every sample; accuracy and macro-F1 the {labelled:,} labelled "
+                  "ones. Answer changes per baseline answer (changed / samples the baseline answered so)"]
+        lines += _answer_changes(arms)
+        if labelled_none(arms) and metric_key_of(metric) != "agreement":
+            metric = "agreement"  # the only verdict this run can give
     if max_drop is not None:
         from pilot.plan import plan_report
 
         plans = plan_report(report, max_drop, metric)
         if plans:
             lines += ["", *format_plan(plans, max_drop, metric)]
+    matched = _matched_groups(report)
+    if matched:
+        lines += ["", *matched]
     legend = _legend(arms)
     if legend:
         lines += ["", *legend]
     return "\n".join(lines) + "\n"
+
+
+def _matched_groups(report: dict) -> list[str]:
+    """Each TransPrune arm beside its controls at the same paper TFLOPs (``pilot run --controls matched``)."""
+    matched_to = report.get("matched_to") or {}
+    if not matched_to:
+        return []
+    by_name = {arm["name"]: arm for arm in report.get("arms") or []}
+    lines = ["Matched compute: each TransPrune arm and its controls (paper TFLOPs within 1%; pooling has whole "
+             "factors only: its nearest, marked)"]
+    for leader in dict.fromkeys(entry["arm"] for entry in matched_to.values()):
+        members = [(leader, None)] + [(name, entry) for name, entry in matched_to.items() if entry["arm"] == leader]
+        lines.append(f"  {leader}")
+        for name, entry in members:
+            arm = by_name.get(name) or {}
+            vs = arm.get("vs_baseline") or {}
+            delta, ci = vs.get("f1_delta"), vs.get("f1_delta_ci")
+            ratio = vs.get("paper_tflops_ratio")
+            note = "" if entry is None else (f"  {entry['relative_error']:+.1%} TFLOPs" +
+                                            ("" if entry["matched"] else ", not matched"))
+            lines.append(f"    {name:<58} ΔF1 {_delta_ci(delta, ci):<24} TFLOPs x{_fixed(ratio)}{note}")
+    return lines
+

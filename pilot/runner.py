@@ -13,16 +13,16 @@ import platform
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from pilot.data.answers import INVALID, parse_answer
+from pilot.data.answers import INVALID, free_answer, parse_answer
 from pilot.data.images import ImageError, load_image
 from pilot.data.manifest import Dataset, Item, load_manifest
 from pilot.data.split import PARTS, stratified_split
@@ -33,9 +33,22 @@ from pilot.pruning.families.base import assign_to_samples, visual_counts
 from pilot.pruning.flops import ModelDims, full_prefill_flops, paper_flops
 from pilot.store import get_or_create, open_store, with_retries
 from pilot.store import models as db
-from pilot.summaries import build_report, find_run, store_summaries
+from pilot.summaries import build_report, find_run, write_summaries
+from pilot.workers import (
+    Launcher,
+    RunWorker,
+    SharingError,
+    detect_launcher,
+    device_kind,
+    finish_run,
+    lease_seconds,
+    plan_batches,
+    resolve_device,
+    start_run,
+    stop_run,
+)
 
-DEMO_DATASET_SIZE = 300
+DEMO_DATASET_SIZE = 600  # the demo's budget needs 300 held-out images (pilot/demo/__init__.py)
 DEMO_DATASET_SEED = 0
 
 
@@ -57,6 +70,9 @@ class RunSettings:
     max_new_tokens: int = 4
     labels: list[str] | None = None
     prompt_template: str | None = None
+    no_labels: bool = False  # ignore the manifest's labels: compare the arms with the baseline's answers only
+    controls: str | None = None  # "matched": add each TransPrune arm's controls at the same paper TFLOPs
+    matched_to: dict | None = None  # filled from ``controls``: control arm -> its TransPrune arm (pilot.controls)
     max_error_rate: float = 0.2  # stop when more than this share of samples fail (after 20)
     warmup_batches: int = 1
     split: str | None = None  # "tune" or "heldout": one part of a stratified split (the tuner's)
@@ -64,7 +80,11 @@ class RunSettings:
     split_seed: int = 0
 
     def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
+        data = asdict(self)
+        for later in ("no_labels", "controls", "matched_to"):  # added later: older runs keep their fingerprint
+            if not data.get(later):
+                data.pop(later, None)
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "settings") -> RunSettings:
@@ -85,10 +105,18 @@ class RunSettings:
         self.arms = canonical
         if self.batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        if self.limit is not None and self.limit < 1:  # 0 and -1 used to run everything, silently
+            raise ValueError(f"--limit {self.limit}: give a number of samples >= 1, or leave --limit out for all")
         if self.split not in (None, *PARTS):
             raise ValueError(f"split {self.split!r}: use one of {PARTS}")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"dtype {self.dtype!r}: use float32, bfloat16 or float16")
+        if self.controls not in (None, "matched"):
+            raise ValueError(f"--controls {self.controls!r}: use matched (or leave it out)")
+        if self.controls == "matched":
+            from pilot.controls import expand_for_model
+
+            self.arms, self.matched_to = expand_for_model(self.arms, self.model)
 
 
 def select_items(dataset: Dataset, settings: RunSettings) -> list[Item]:
@@ -108,7 +136,8 @@ def load_dataset(settings: RunSettings) -> Dataset:
 
         labels = list(LABELS)
     manifest = settings.dataset or str(demo_dataset_path())
-    return load_manifest(manifest, labels=labels, prompt_template=settings.prompt_template)
+    return load_manifest(manifest, labels=labels, prompt_template=settings.prompt_template,
+                         no_labels=settings.no_labels)
 
 
 def demo_dataset_path() -> Path:
@@ -180,7 +209,9 @@ def prepare_batch(loaded: LoadedModel, items: Sequence[Item], device: torch.devi
     inputs = {}
     if good:
         prompts = [loaded.prompt(item.question) for item in good]
-        inputs = loaded.processor(images=images, text=prompts, return_tensors="pt", padding=True)
+        # Images nested per prompt (one each): SmolVLM's processor reads a flat list as all images of one prompt.
+        inputs = loaded.processor(images=[[image] for image in images], text=prompts, return_tensors="pt",
+                                  padding=True)
         inputs = {k: (v.to(device, dtype) if k == "pixel_values" else v.to(device)) for k, v in inputs.items()}
     return PreparedBatch(good, inputs, errors)
 
@@ -278,10 +309,10 @@ def run_arm_batch(loaded: LoadedModel, strategy_text: str, prepared: PreparedBat
             tower = {"crops": _crops(loaded, inputs, row)}
         else:  # fixed crops: the tower's crops follow from the original tokens
             tower = {"visual_tokens_original": n_visual}
-        prediction = parse_answer(texts[row], labels)
+        prediction = parse_answer(texts[row], labels) if labels else free_answer(texts[row])
         rows.append({
             "sample_id": item.id, "label": item.label, "prediction": prediction, "answer_text": texts[row],
-            "correct": prediction == item.label and prediction != INVALID,
+            "correct": prediction == item.label and prediction != INVALID if item.labelled else None,
             "prefill_ms": (clock.at - start) * 1000 / batch, "total_ms": (end - start) * 1000 / batch,
             "batch_size": batch,
             "paper_tflops": paper_flops(dims, per_layer) / 1e12,
@@ -328,22 +359,6 @@ def _commit_rows(sessions, arm_id: int, rows: list[dict]) -> int:
         return added
 
 
-def _set_status(sessions, run_id: int, status: str, error: str | None = None) -> None:
-    def update():
-        with sessions() as session:
-            run = session.get(db.Run, run_id)
-            run.status = status
-            run.error = error
-            now = datetime.now(UTC)
-            if status == "running":
-                run.started_at = run.started_at or now
-            if status in ("completed", "failed", "interrupted"):
-                run.finished_at = now
-            session.commit()
-
-    with_retries(update)
-
-
 def _find_or_create_run(sessions, settings: RunSettings, dataset: Dataset, loaded: LoadedModel, name: str | None,
                         resume: str | None) -> tuple[int, bool]:
     """The run to fill: --resume RUN, a run with this name, or an unfinished run with these settings."""
@@ -355,7 +370,9 @@ def _find_or_create_run(sessions, settings: RunSettings, dataset: Dataset, loade
         if name is not None:
             run = session.scalar(select(db.Run).where(db.Run.name == name))
             if run is not None:
-                if run.settings_sha256 != fingerprint:
+                # Its workers may compute on different devices (cuda:0, cuda:1, a CPU); everything else must match.
+                if replace(settings, device=run.settings.get("device", settings.device)).fingerprint() \
+                        != run.settings_sha256:
                     raise RunError(f"a run named {name!r} exists with other settings; pick another --name "
                                    f"or `pilot run --resume {run.id}`")
                 return run.id, True
@@ -405,10 +422,19 @@ def execute(settings: RunSettings, *, db_url: str | None = None, name: str | Non
     if resume is not None:
         settings = load_run_settings(db_url, resume)
     settings.validate()
+    launcher = detect_launcher()
+    if launcher.several and name is None and resume is None:
+        raise RunError(f"{launcher.name} starts several workers: give them one run to share, the same --name NAME "
+                       "in each")
+    device = resolve_device(settings.device, launcher)  # one line naming --device, before anything loads
+    lease_s = lease_seconds()
     sessions = open_store(db_url)
+    if launcher.several and sessions.kw["bind"].dialect.name == "sqlite":
+        raise SharingError(f"--db {sessions.kw['bind'].url.database}: a SQLite store has one writer, so the workers "
+                           f"{launcher.name} starts cannot share a run on it; give every worker the same "
+                           "--db postgresql://user@host/db")
     dataset = load_dataset(settings)
     items = select_items(dataset, settings)
-    device = torch.device(settings.device)
     dtype = getattr(torch, settings.dtype)
     loaded = loaded or load(settings.model, device=device, dtype=dtype)
     for arm in settings.arms:
@@ -416,54 +442,73 @@ def execute(settings: RunSettings, *, db_url: str | None = None, name: str | Non
     run_id, resumed = _find_or_create_run(sessions, settings, dataset, loaded, name, resume)
     with sessions() as session:
         arms = list(session.scalars(select(db.Arm).where(db.Arm.run_id == run_id).order_by(db.Arm.position)))
-        done = {arm.id: set(session.scalars(select(db.SampleResult.sample_id).where(
-            db.SampleResult.arm_id == arm.id))) for arm in arms}
-    log(f"run {run_id} ({'resumed' if resumed else 'new'}): {len(items)} samples x {len(arms)} arms, "
-        f"{sum(len(v) for v in done.values())} results already stored; model {loaded.name} on {device}")
-    _set_status(sessions, run_id, "running")
+        stored = session.scalar(select(func.count()).select_from(db.SampleResult).where(
+            db.SampleResult.arm_id.in_([arm.id for arm in arms])))
     items_by_id = {item.id: item for item in items}
     batches = [items[i : i + settings.batch_size] for i in range(0, len(items), settings.batch_size)]
-    pending = [b for b in batches if any(item.id not in done[arm.id] for arm in arms for item in b)]
-    total = sum(1 for b in pending for arm in arms for item in b if item.id not in done[arm.id])
-    try:
-        _warm_up(loaded, arms, pending, settings, device, dtype, dataset.labels)
-        from tqdm import tqdm
+    left = plan_batches(sessions, run_id, [[item.id for item in batch] for batch in batches], [a.id for a in arms])
+    log(f"run {run_id} ({'resumed' if resumed else 'new'}): {len(items)} samples x {len(arms)} arms, "
+        f"{stored} results already stored, {left} of {len(batches)} batches to do; model {loaded.name} on {device}")
+    if left:
+        _work(sessions, run_id, settings, arms, batches, items_by_id, loaded, device, dtype, dataset.labels,
+              len(items) * len(arms) - stored, launcher, lease_s, progress, log)
+    # Once: the worker that finds no batch left writes the summaries; the others find the run completed.
+    if finish_run(sessions, run_id, lambda session, run: write_summaries(session, run, dataset.labels), lease_s):
+        log(f"run {run_id} completed; this worker wrote its summaries")
+    with sessions() as session:
+        return build_report(session, run_id)
 
-        bar = tqdm(total=total, unit="result", disable=not progress, file=sys.stderr, dynamic_ncols=True)
-        errors = processed = 0
-        for batch_index, batch in enumerate(pending):
-            prepared = prepare_batch(loaded, batch, device, dtype)
-            order = arms[batch_index % len(arms):] + arms[: batch_index % len(arms)]
-            for arm in order:
-                todo = [item for item in prepared.items if item.id not in done[arm.id]]
-                rows = _error_rows({k: v for k, v in prepared.errors.items() if k not in done[arm.id]}, items_by_id)
-                if todo:
-                    subset = prepared if len(todo) == len(prepared.items) else prepare_batch(
-                        loaded, todo, device, dtype)
-                    rows += run_arm_batch(loaded, arm.strategy, subset, dataset.labels, settings.max_new_tokens,
-                                          device)
-                if rows:
-                    with_retries(lambda arm=arm, rows=rows: _commit_rows(sessions, arm.id, rows), log=log)
-                    done[arm.id].update(row["sample_id"] for row in rows)
-                    errors += sum(row["error"] is not None for row in rows)
-                    processed += len(rows)
-                    bar.update(len(rows))
-            if processed >= 20 and errors / processed > settings.max_error_rate:
-                raise RunError(f"{errors} of {processed} results failed (over {settings.max_error_rate:.0%}); "
-                               f"first errors: {list(prepared.errors.values())[:2]}. Fix the data and rerun: "
-                               "stored results are kept")
-        bar.close()
+
+def _work(sessions, run_id: int, settings: RunSettings, arms: list[db.Arm], batches: list[list[Item]],
+          items_by_id: dict[str, Item], loaded: LoadedModel, device: torch.device, dtype: torch.dtype,
+          labels: Sequence[str], total: int, launcher: Launcher, lease_s: float, progress: bool,
+          log: Callable[[str], None]) -> None:
+    """This process as one worker of the run: claim batches until none is left (``pilot.workers``)."""
+    try:
+        with RunWorker(sessions, run_id, str(device), device_kind(device), launcher=launcher, lease_s=lease_s,
+                       log=log) as worker:
+            start_run(sessions, run_id)
+            _warm_up(loaded, arms, batches, settings, device, dtype, labels)
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, unit="result", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+            errors = processed = 0
+            for claim in worker.claims():
+                batch = [items_by_id[sample_id] for sample_id in claim.sample_ids]
+                with sessions() as session:  # what is stored now: a batch taken over from a dead worker is part done
+                    stored = session.execute(select(db.SampleResult.arm_id, db.SampleResult.sample_id).where(
+                        db.SampleResult.arm_id.in_([arm.id for arm in arms]),
+                        db.SampleResult.sample_id.in_(claim.sample_ids))).all()
+                done = {arm.id: {sample_id for arm_id, sample_id in stored if arm_id == arm.id} for arm in arms}
+                prepared = prepare_batch(loaded, batch, device, dtype)
+                order = arms[claim.position % len(arms):] + arms[: claim.position % len(arms)]
+                for arm in order:
+                    todo = [item for item in prepared.items if item.id not in done[arm.id]]
+                    rows = _error_rows({k: v for k, v in prepared.errors.items() if k not in done[arm.id]},
+                                       items_by_id)
+                    if todo:
+                        subset = prepared if len(todo) == len(prepared.items) else prepare_batch(
+                            loaded, todo, device, dtype)
+                        rows += run_arm_batch(loaded, arm.strategy, subset, labels, settings.max_new_tokens, device)
+                    if rows:
+                        rows = [{**row, "worker_id": worker.id} for row in rows]
+                        with_retries(lambda arm=arm, rows=rows: _commit_rows(sessions, arm.id, rows), log=log)
+                        errors += sum(row["error"] is not None for row in rows)
+                        processed += len(rows)
+                        bar.update(len(rows))
+                worker.done(claim)
+                if processed >= 20 and errors / processed > settings.max_error_rate:
+                    raise RunError(f"{errors} of {processed} results failed (over {settings.max_error_rate:.0%}); "
+                                   f"first errors: {list(prepared.errors.values())[:2]}. Fix the data and rerun: "
+                                   "stored results are kept")
+            bar.close()
     except KeyboardInterrupt:
-        _set_status(sessions, run_id, "interrupted", "stopped by the user")
+        stop_run(sessions, run_id, "interrupted", "stopped by the user", lease_s)
         log(f"run {run_id} interrupted; finish it with `pilot run --resume {run_id}`")
         raise
     except RunError as error:
-        _set_status(sessions, run_id, "failed", str(error))
+        stop_run(sessions, run_id, "failed", str(error), lease_s)
         raise
-    with_retries(lambda: store_summaries(sessions, run_id, dataset.labels), log=log)
-    _set_status(sessions, run_id, "completed")
-    with sessions() as session:
-        return build_report(session, run_id)
 
 
 def _warm_up(loaded, arms, batches, settings, device, dtype, labels) -> None:

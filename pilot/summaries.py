@@ -5,9 +5,10 @@ No torch here: the dashboard imports it.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -26,13 +27,47 @@ def outcomes(session: Session, arm_id: int) -> list[Outcome]:
     return [Outcome(*row) for row in rows]
 
 
+def device_kinds(session: Session, run_id: int) -> dict[str, int]:
+    """Results per kind of device that computed them (results stored before workers were recorded: not counted)."""
+    return dict(session.execute(
+        select(db.Worker.device_kind, func.count()).join(db.SampleResult, db.SampleResult.worker_id == db.Worker.id)
+        .where(db.Worker.run_id == run_id).group_by(db.Worker.device_kind)).all())
+
+
+def latency_device(kinds: dict[str, int]) -> str | None:
+    """With results from several kinds of device, the kind latencies are compared on: the one with most results."""
+    return max(sorted(kinds), key=kinds.__getitem__) if len(kinds) > 1 else None
+
+
+def _like_with_like(session: Session, run: db.Run, per_arm: dict[int, list[Outcome]]) -> str | None:
+    """Keep latencies from one kind of device only (a GPU's milliseconds beside a CPU's mean nothing).
+
+    Results from other kinds keep their answers and FLOPs but lose their latencies here, so percentiles and the
+    paired ratios to baseline both compare like with like. Returns that kind, or None when there was one kind.
+    """
+    reference = latency_device(device_kinds(session, run.id))
+    if reference is None:
+        return None
+    other = set(session.execute(
+        select(db.SampleResult.arm_id, db.SampleResult.sample_id)
+        .join(db.Worker, db.SampleResult.worker_id == db.Worker.id)
+        .where(db.Worker.run_id == run.id, db.Worker.device_kind != reference)).all())
+    for arm_id, rows in per_arm.items():
+        per_arm[arm_id] = [replace(o, prefill_ms=None, total_ms=None) if (arm_id, o.sample_id) in other else o
+                           for o in rows]
+    return reference
+
+
 def arm_reports(session: Session, run: db.Run, labels: list[str]) -> list[dict]:
     """Every arm's KPIs, pruned arms with ``vs_baseline`` (paired, bootstrap CI, McNemar)."""
     per_arm = {arm.id: outcomes(session, arm.id) for arm in run.arms}
+    reference = _like_with_like(session, run, per_arm)
     baseline = next((arm for arm in run.arms if arm.strategy == BASELINE), None)
     reports = []
     for arm in run.arms:
         kpis = arm_kpis(per_arm[arm.id], labels)
+        if reference is not None:
+            kpis["latency_device"] = reference  # latencies (and their ratios) from this kind of device only
         kpis["vs_baseline"] = None
         if baseline is not None and arm.id != baseline.id:
             kpis["vs_baseline"] = compare(per_arm[baseline.id], per_arm[arm.id], labels)
@@ -50,14 +85,18 @@ def store_summaries(sessions, run_id: int, labels: list[str]) -> None:
 
 def _write_summaries(sessions, run_id: int, labels: list[str]) -> None:
     with sessions() as session:
-        run = session.get(db.Run, run_id)
-        for report in arm_reports(session, run, labels):
-            arm = next(a for a in run.arms if a.name == report["name"])
-            summary = session.get(db.ArmSummary, arm.id) or db.ArmSummary(arm_id=arm.id)
-            summary.kpis = report
-            summary.updated_at = datetime.now(UTC)
-            session.add(summary)
+        write_summaries(session, session.get(db.Run, run_id), labels)
         session.commit()
+
+
+def write_summaries(session: Session, run: db.Run, labels: list[str]) -> None:
+    """Every arm's KPIs into ``arm_summaries``, in the caller's transaction (the caller commits)."""
+    for report in arm_reports(session, run, labels):
+        arm = next(a for a in run.arms if a.name == report["name"])
+        summary = session.get(db.ArmSummary, arm.id) or db.ArmSummary(arm_id=arm.id)
+        summary.kpis = report
+        summary.updated_at = datetime.now(UTC)
+        session.add(summary)
 
 
 def build_report(session: Session, run_id: int) -> dict:
@@ -77,8 +116,32 @@ def build_report(session: Session, run_id: int) -> dict:
         "created_at": run.created_at.isoformat() if run.created_at else None,
         "dataset": run.dataset.name, "dataset_size": run.dataset.size, "model": run.model.name,
         "machine": run.machine, "batch_size": run.settings.get("batch_size"), "labels": labels,
-        "arms": arms,
+        "arms": arms, "workers": workers(session, run.id), **_latency_note(session, run.id),
+        "matched_to": run.settings.get("matched_to") or {},  # control arm -> its TransPrune arm (--controls)
     }
+
+
+def workers(session: Session, run_id: int) -> list[dict]:
+    """Who computed the run: per worker its id, host, device and how many results it stored."""
+    rows = session.execute(
+        select(db.Worker, func.count(db.SampleResult.id))
+        .outerjoin(db.SampleResult, db.SampleResult.worker_id == db.Worker.id)
+        .where(db.Worker.run_id == run_id).group_by(db.Worker.id).order_by(db.Worker.id)).all()
+    return [{"worker": worker.name, "worker_id": worker.id, "host": worker.host, "rank": worker.rank,
+             "device": worker.device, "device_kind": worker.device_kind, "results": count,
+             "outcome": worker.outcome} for worker, count in rows]
+
+
+def _latency_note(session: Session, run_id: int) -> dict:
+    """``devices`` and ``latency_note`` when results came from several kinds of device; else nothing."""
+    kinds = device_kinds(session, run_id)
+    reference = latency_device(kinds)
+    if reference is None:
+        return {}
+    counts = "; ".join(f"{kind}: {n}" for kind, n in sorted(kinds.items()))
+    return {"devices": kinds, "latency_device": reference,
+            "latency_note": f"results came from {len(kinds)} kinds of device ({counts}); latencies and their "
+                            f"ratios to baseline use the {reference} results only"}
 
 
 def find_run(session: Session, key: str | int) -> db.Run:

@@ -35,3 +35,16 @@ def test_controls_match_the_arm_within_one_percent(preset, n_visual, arm):
 def test_score_mass_arms_are_refused():
     with pytest.raises(ValueError, match="keep ratios"):
         matched_controls("transprune:prune_after=7,mass=0.9", load_dims("llava-1.5-7b"), 576)
+
+
+def test_expand_arms_adds_each_transprune_arms_controls_once():
+    from pilot.controls import expand_arms
+
+    dims = load_dims("llava-1.5-7b")
+    arms, matched_to = expand_arms(["baseline", "transprune", "fastv:after=2,keep=0.5"], dims, 576)
+    assert arms[:3] == ["baseline", "transprune", "fastv:after=2,keep=0.373"]
+    assert [parse(a).kind for a in arms] == ["baseline", "transprune", "fastv", "pdrop", "divprune", "random", "pool",
+                                             "fastv"]
+    assert set(matched_to) == set(arms[2:7])
+    assert all(v["arm"] == "transprune" for v in matched_to.values())
+    assert matched_to["pool:factor=2"]["matched"] is False and matched_to["fastv:after=2,keep=0.373"]["matched"]

@@ -139,8 +139,37 @@ def test_header_only(tmp_path):
 
 
 def test_missing_column_lists_columns_found(tmp_path):
-    message = raises(write(tmp_path / "m.csv", "image,question\na.png,q\n"), ":1:", "'label'")
-    assert "'image', 'question'" in message
+    message = raises(write(tmp_path / "m.csv", "img,label,question\na.png,x,q\n"), ":1:", "'image'")
+    assert "'img', 'label', 'question'" in message
+
+
+def test_manifest_without_labels(tmp_path):
+    """No label column: every item unlabelled, the answer set is the declared one (or empty: free text)."""
+    manifest = write(tmp_path / "m.csv", "image,question\na.png,Any scratch?\nb.png,Any hole?\n")
+    ds = load_manifest(manifest)
+    assert ds.labels == () and ds.labelled == 0
+    assert [(i.label, i.labelled) for i in ds.items] == [("", False), ("", False)]
+    declared = load_manifest(manifest, labels=["yes", "no"])
+    assert declared.labels == ("yes", "no") and declared.labelled == 0
+    # JSON lines too, with a null label
+    ds = load_manifest(write_jsonl(tmp_path / "m.jsonl", [{"image": "a.png", "label": None, "question": "q"}]))
+    assert ds.items[0].label == "" and ds.labels == ()
+
+
+def test_manifest_without_labels_needs_answers_for_the_default_question(tmp_path):
+    manifest = write(tmp_path / "m.csv", "image\na.png\n")
+    raises(manifest, "no labels", "--labels")
+    assert load_manifest(manifest, labels=["yes", "no"]).items[0].question.endswith("yes, no.")
+    assert load_manifest(manifest, prompt_template="Describe the part.").items[0].question == "Describe the part."
+
+
+def test_labels_on_some_rows_and_no_labels_flag(tmp_path):
+    manifest = write(tmp_path / "m.csv", "image,label\na.png,scratch\nb.png,\nc.png,hole\n")
+    ds = load_manifest(manifest)
+    assert ds.labels == ("hole", "scratch") and ds.labelled == 2
+    assert [i.label for i in ds.items] == ["scratch", "", "hole"]
+    ignored = load_manifest(manifest, no_labels=True)
+    assert ignored.labels == ("hole", "scratch") and ignored.labelled == 0  # the column still names the answers
 
 
 def test_missing_key_in_jsonl(tmp_path):
@@ -148,7 +177,7 @@ def test_missing_key_in_jsonl(tmp_path):
            ":2:", "'image'", "'img'")
 
 
-@pytest.mark.parametrize(("row", "column"), [(",x", "image"), ("a.png,  ", "label"), ("a.png", "label")])
+@pytest.mark.parametrize(("row", "column"), [(",x", "image")])
 def test_empty_required_value(tmp_path, row, column):
     raises(write(tmp_path / "m.csv", f"image,label\nok.png,y\n{row}\n"), ":3:", f"'{column}'")
 

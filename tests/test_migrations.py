@@ -17,7 +17,9 @@ OLD_ARMS = ["baseline", "fastv:after=2,keep=0.5", "fastv:after=3,keep=0.25,posit
 def _store_at_0002_with_an_old_run(url):
     command.upgrade(alembic_config(url), "0002")
     engine = create_engine(normalise_url(url), poolclass=NullPool)
-    settings = {**RunSettings(arms=list(OLD_ARMS)).__dict__}
+    # As a run stored at revision 0002 holds them: without the settings added since (no_labels, controls, ...).
+    later = ("no_labels", "controls", "matched_to")
+    settings = {k: v for k, v in RunSettings(arms=list(OLD_ARMS)).__dict__.items() if k not in later}
     with engine.begin() as connection:
         now = "2026-01-01 00:00:00"
         connection.execute(sa.text(
@@ -46,8 +48,12 @@ def _stored(engine):
         kpis = [row[0] for row in connection.execute(sa.text(
             "SELECT s.kpis FROM arm_summaries s JOIN arms a ON a.id = s.arm_id ORDER BY a.position"))]
         settings, sha = connection.execute(sa.text("SELECT settings, settings_sha256 FROM runs")).one()
-    load = (lambda v: json.loads(v) if isinstance(v, str) else v)
-    return arms, [load(k) for k in kpis], load(settings), sha
+    return arms, [_json(k) for k in kpis], _json(settings), sha
+
+
+def _json(value):
+    """A JSON column as read back: decoded by the driver (PostgreSQL) or text (plain SQL on SQLite)."""
+    return json.loads(value) if isinstance(value, str) else value
 
 
 def test_fastv_arms_stored_before_keep_their_meaning(fresh_db_url):

@@ -112,14 +112,27 @@ def _x(value) -> str:
     return "-" if value is None else f"x{value:.2f}"
 
 
+def _change(verdict: dict, agreement: bool) -> str:
+    """``drop +0.4 pts (95% upper +1.9)``; for agreement ``1.3% of answers change (95% upper 3.0%)``."""
+    drop, high = verdict.get("drop"), verdict.get("drop_ci_high")
+    if agreement:
+        return (f"{'-' if drop is None else f'{drop * 100:.1f}%'} of answers change (95% upper "
+                f"{'-' if high is None else f'{high * 100:.1f}%'})")
+    return f"drop {_pts(drop)} pts (95% upper {_pts(high)})"
+
+
 def format_summary(result: dict) -> str:
     """The tuner's result as a short block a manager can read (``pilot tune`` prints it last)."""
-    metric = "accuracy" if result.get("metric") == "accuracy" else "macro-F1"
+    metric = {"accuracy": "accuracy", "agreement": "answers changed"}.get(result.get("metric"), "macro-F1")
     budget = result.get("max_drop")
+    agreement = result.get("metric") == "agreement"
     lines = [f"== pilot tune: study {result.get('study')} =="]
     lines.append(f"searched      {result.get('trials', 0)} schedules ({result.get('pruned', 0)} stopped early, "
                  f"{result.get('feasible', '?')} within budget on the tuning split)")
-    if budget is not None:
+    if budget is not None and result.get("metric") == "agreement":
+        lines.append(f"budget        at most {budget * 100:.1f}% of the baseline's answers change, with 95% confidence "
+                     "on held-out data (no labels needed)")
+    elif budget is not None:
         lines.append(f"budget        {metric} drop at most {budget * 100:.1f} points, with 95% confidence on held-out "
                      "data")
     verified = result.get("verified") or []
@@ -131,16 +144,15 @@ def format_summary(result: dict) -> str:
         for i, v in enumerate(verified, 1):
             verdict = v.get("verdict") or {}
             held = "holds" if verdict.get("met_with_confidence") else "does not hold"
-            lines.append(f"  {i}. {v['strategy']:<{width}}  drop {_pts(verdict.get('drop'))} pts (95% upper "
-                         f"{_pts(verdict.get('drop_ci_high'))}), TFLOPs {_x(v.get('paper_tflops_ratio'))}: "
-                         f"{held}")
+            lines.append(f"  {i}. {v['strategy']:<{width}}  {_change(verdict, agreement)}, TFLOPs "
+                         f"{_x(v.get('paper_tflops_ratio'))}: {held}")
     if result.get("recommended"):
         held = result["heldout"]
         lines.append(f"recommended   {result['recommended']}")
         verdict = held.get("verdict") or {}
-        lines.append(f"              {metric} drop {_pts(verdict.get('drop'))} pts (95% upper "
-                     f"{_pts(verdict.get('drop_ci_high'))}), paper TFLOPs {_x(held.get('paper_tflops_ratio'))}, "
-                     f"prefill {_x(held.get('prefill_ratio'))} (held-out run {held.get('run_id')})")
+        lines.append(f"              {'' if agreement else metric + ' '}{_change(verdict, agreement)}, paper TFLOPs "
+                     f"{_x(held.get('paper_tflops_ratio'))}, prefill {_x(held.get('prefill_ratio'))} "
+                     f"(held-out run {held.get('run_id')})")
         if result.get("how_to_run"):
             lines.append(f"run it        {result['how_to_run']}")
     else:

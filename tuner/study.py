@@ -6,7 +6,10 @@
 3. An Optuna study in the same database: each trial draws a schedule, replays the tuning part
    (vision tower and projector outputs cached per batch), reports after each chunk the lower
    end of its drop's 95% interval (``BudgetPruner`` stops hopeless trials), and ends with the
-   constraint ``drop - max_drop <= 0`` set through ``trial.set_constraint``.
+   constraint ``drop - max_drop <= 0`` set through ``trial.set_constraint``. The first trials are known-good
+   points (``tuner.space.warm_start_points``: the paper's schedule shape at final keep ratios 0.5, 0.25 and
+   0.125, in each position mode the model's family allows); the space draws the final keep ratio directly, so
+   TPE moves along the compute axis with one parameter.
 4. Honest selection (``tuner.select``): the feasible trials on the frontier of (compute, upper end of the
    tuning-split interval) are verified on the held-out part by the pilot runner against baseline, in an order
    fixed on the tuning split (safest first, then cheaper), each with the report's rule (the upper end of the
@@ -25,13 +28,13 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import optuna
 import torch
-from sqlalchemy import select
+from sqlalchemy import select, update
 
-from pilot.metrics import budget_verdict, compare
+from pilot.metrics import budget_verdict, compare, metric_drop
 from pilot.models import LoadedModel, load
 from pilot.plan import plan_comparison, plan_sentence
 from pilot.runner import (
@@ -44,14 +47,17 @@ from pilot.runner import (
     run_arm_batch,
     select_items,
 )
-from pilot.store import get_or_create, normalise_url, open_store, schema_lock
+from pilot.store import get_or_create, normalise_url, open_store, schema_lock, with_retries
 from pilot.store import models as db
 from pilot.summaries import outcomes
+from pilot.workers import resolve_device
 from tuner.pruner import BudgetPruner
 from tuner.select import RULE, Candidate, fixed_sequence, verification_order
-from tuner.space import suggest
+from tuner.space import suggest, warm_start_points
 
-METRICS = {"f1_macro": "f1", "accuracy": "accuracy"}
+METRICS = {"f1_macro": "f1", "accuracy": "accuracy", "agreement": "agreement"}
+# The trial attribute holding each metric's drop on the tuning split (agreement: the share of changed answers).
+DROP_ATTRS = {"f1_macro": "f1_drop", "accuracy": "accuracy_drop", "agreement": "agreement_drop"}
 OBJECTIVES = ("tflops", "latency")
 
 
@@ -80,6 +86,8 @@ class TuneSettings:
     max_verifications: int = 3
     cache_features: bool = True
     limit: int | None = None
+    no_labels: bool = False  # ignore the manifest's labels (then metric "agreement")
+    warm_start: bool = True  # first trials: the paper's shape at several final keep ratios (tuner.space)
 
     def validate(self) -> None:
         if self.metric not in METRICS:
@@ -90,11 +98,20 @@ class TuneSettings:
             raise ValueError(f"max_drop {self.max_drop}: a drop in metric units, e.g. 0.01 for one point")
         if self.trials < 1:
             raise ValueError("trials must be >= 1")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"--limit {self.limit}: give a number of samples >= 1, or leave --limit out for all")
+        if self.no_labels and self.metric != "agreement":
+            raise ValueError(f"without labels the budget is on changed answers: use --metric agreement, not "
+                             f"{self.metric}")
 
     def study_name(self) -> str:
         if self.study:
             return self.study
         fixed = {k: v for k, v in asdict(self).items() if k not in ("trials", "timeout_s", "max_verifications")}
+        if not fixed.get("no_labels"):  # added later: studies named before it keep their name
+            fixed.pop("no_labels", None)
+        if fixed.get("warm_start"):  # likewise (the default)
+            fixed.pop("warm_start", None)
         return "tune-" + hashlib.sha256(json.dumps(fixed, sort_keys=True).encode()).hexdigest()[:10]
 
     def run_settings(self, arms: list[str], split: str) -> RunSettings:
@@ -102,7 +119,8 @@ class TuneSettings:
                            batch_size=self.batch_size, device=self.device, dtype=self.dtype,
                            max_new_tokens=self.max_new_tokens, labels=self.labels,
                            prompt_template=self.prompt_template, split=split,
-                           split_fraction=self.heldout_fraction, split_seed=self.split_seed)
+                           split_fraction=self.heldout_fraction, split_seed=self.split_seed,
+                           no_labels=self.no_labels)
 
 
 class TrialEvaluator:
@@ -194,12 +212,18 @@ def paired_ratio(pairs: list[dict], key: str = "prefill_ms") -> float | None:
 
 
 def _drop(comparison: dict, metric: str) -> tuple[float | None, float | None, float | None]:
-    """(drop, low end, high end) of the metric's drop: drop = baseline - pruned."""
-    key = METRICS[metric]
-    delta, ci = comparison[f"{key}_delta"], comparison[f"{key}_delta_ci"]
-    if delta is None:
-        return None, None, None
-    return -delta, -ci[1], -ci[0]
+    """(drop, low end, high end) of the metric's drop: drop = baseline - pruned (agreement: changed answers)."""
+    return metric_drop(comparison, METRICS[metric])
+
+
+def _neg(value: float | None) -> float | None:
+    return None if value is None else -value + 0.0
+
+
+def _drops(comparison: dict) -> dict:
+    """Every metric's drop, as trials store them (None where the samples give none, e.g. without labels)."""
+    return {"f1_drop": _neg(comparison["f1_delta"]), "accuracy_drop": _neg(comparison["accuracy_delta"]),
+            "agreement_drop": metric_drop(comparison, "agreement")[0]}
 
 
 def tune(settings: TuneSettings, *, db_url: str | None = None, log: Callable[[str], None] | None = None,
@@ -223,9 +247,12 @@ def _tune(settings: TuneSettings, db_url: str | None, log: Callable[[str], None]
     sessions = open_store(db_url)
     url = normalise_url(db_url)
     name = settings.study_name()
-    device = torch.device(settings.device)
+    device = resolve_device(settings.device)  # cuda:LOCAL_RANK under a launcher; one line naming --device
     loaded = load(settings.model, device=device, dtype=getattr(torch, settings.dtype))
     dataset = load_dataset(settings.run_settings(["baseline"], "tune"))
+    if not dataset.labelled and settings.metric != "agreement":
+        raise ValueError(f"{dataset.manifest} has no labels: the budget can only be on changed answers "
+                         "(--metric agreement --max-drop 0.02: at most 2% of answers change)")
 
     log(f"study {name}: baseline on the tuning split (computed once, stored)")
     baseline_report = execute(settings.run_settings(["baseline"], "tune"), db_url=db_url,
@@ -256,9 +283,15 @@ def _tune(settings: TuneSettings, db_url: str | None, log: Callable[[str], None]
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=8)
     _link_study(sessions, name, settings, baseline_run_id)
+    position_modes = loaded.adapter.position_modes  # M-RoPE families: original positions only
+    if settings.warm_start and settings.mode == "ratio":
+        # Known-good points first: the paper's shape at several final keep ratios, in each position mode. Skipped
+        # when a trial with the same parameters exists (a rerun, or another worker that enqueued them already).
+        for params in warm_start_points(loaded.depth, position_modes):
+            study.enqueue_trial(params, skip_if_exists=True)
 
     def objective(trial: optuna.Trial):
-        strategy = str(suggest(trial, loaded.depth, settings.mode))
+        strategy = str(suggest(trial, loaded.depth, settings.mode, position_modes=position_modes))
         trial.set_user_attr("strategy", strategy)
         twin = next((t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
                      if t.user_attrs.get("strategy") == strategy), None)
@@ -282,10 +315,13 @@ def _tune(settings: TuneSettings, db_url: str | None, log: Callable[[str], None]
                 partial = compare([baseline[i] for i in done], outcomes_from_rows(rows), dataset.labels,
                                   resamples=300, seed=settings.seed)
                 _, low, _ = _drop(partial, settings.metric)
+                if low is None:  # no labelled sample yet: nothing to judge by
+                    continue
                 trial.report(low, step)
                 if trial.should_prune():
                     trial.set_user_attr("feasible", False)
-                    trial.set_user_attr("f1_drop", -partial["f1_delta"])  # on the samples seen so far
+                    for key, value in _drops(partial).items():  # on the samples seen so far
+                        trial.set_user_attr(key, value)
                     trial.set_user_attr("paper_tflops_ratio", partial["paper_tflops_ratio"])
                     raise optuna.TrialPruned(f"drop's lower bound {low:.3f} > budget {settings.max_drop}")
         comparison = compare(list(baseline.values()), outcomes_from_rows(rows), dataset.labels, resamples=1000,
@@ -293,8 +329,9 @@ def _tune(settings: TuneSettings, db_url: str | None, log: Callable[[str], None]
         drop, _, high = _drop(comparison, settings.metric)
         prefill_ratio = paired_ratio(pairs, "prefill_ms")
         compute = comparison["paper_tflops_ratio"] if settings.objective == "tflops" else prefill_ratio
-        attrs = {"f1_drop": -comparison["f1_delta"], "accuracy_drop": -comparison["accuracy_delta"],
-                 "drop_ci_high": high, "paper_tflops_ratio": comparison["paper_tflops_ratio"],
+        if drop is None:
+            raise ValueError(f"no {settings.metric} on the tuning split (no labelled sample): use --metric agreement")
+        attrs = {**_drops(comparison), "drop_ci_high": high, "paper_tflops_ratio": comparison["paper_tflops_ratio"],
                  "prefill_ratio": prefill_ratio, "total_ratio": paired_ratio(pairs, "total_ms"),
                  "timed_batches": len(pairs), "feasible": drop <= settings.max_drop + 1e-9,
                  "mean_visual_tokens_kept": sum(r["visual_tokens_kept"] for r in rows) / len(rows)}
@@ -303,11 +340,14 @@ def _tune(settings: TuneSettings, db_url: str | None, log: Callable[[str], None]
         trial.set_constraint("drop_over_budget", drop - settings.max_drop)
         return (compute, drop) if settings.multi_objective else compute
 
+    drop_attr = DROP_ATTRS[settings.metric]
+    drop_name = {"f1_macro": "F1", "accuracy": "accuracy", "agreement": "answers changed"}[settings.metric]
+
     def report(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         attrs = trial.user_attrs
         if trial.state == optuna.trial.TrialState.COMPLETE:
             prefill = attrs.get("prefill_ratio")
-            log(f"trial {trial.number}: {attrs['strategy']}  drop {attrs['f1_drop']:+.3f} (F1), "
+            log(f"trial {trial.number}: {attrs['strategy']}  drop {attrs[drop_attr]:+.3f} ({drop_name}), "
                 f"TFLOPs x{attrs['paper_tflops_ratio']:.3f}, prefill "
                 f"{'-' if prefill is None else f'x{prefill:.3f}'} (paired with baseline), "
                 f"{'feasible' if attrs['feasible'] else 'over budget'}")
@@ -318,10 +358,13 @@ def _tune(settings: TuneSettings, db_url: str | None, log: Callable[[str], None]
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     remaining = settings.trials - len(study.get_trials(deepcopy=False, states=finished))
     log(f"study {name}: {len(items)} tuning samples in {len(chunks)} chunks, {max(0, remaining)} trials to run")
+    searching = time.time()
     if remaining > 0:
         study.optimize(objective, n_trials=remaining, timeout=settings.timeout_s, callbacks=[
             optuna.study.MaxTrialsCallback(settings.trials, states=finished), report])
-    return _select_and_verify(study, settings, sessions, name, db_url, loaded, log, progress, started)
+    timing = {"setup_s": round(searching - started, 1), "search_s": round(time.time() - searching, 1)}
+    result = _select_and_verify(study, settings, sessions, name, db_url, loaded, log, progress, started)
+    return {**result, **timing}
 
 
 def _candidates(study: optuna.Study, settings: TuneSettings) -> list[Candidate]:
@@ -331,7 +374,7 @@ def _candidates(study: optuna.Study, settings: TuneSettings) -> list[Candidate]:
     pool = study.best_trials if settings.multi_objective else feasible
     numbers = {t.number for t in feasible}
     return [Candidate(number=t.number, strategy=t.user_attrs["strategy"], compute=t.values[0],
-                      drop=t.user_attrs["f1_drop"] if settings.metric == "f1_macro" else t.user_attrs["accuracy_drop"],
+                      drop=t.user_attrs[DROP_ATTRS[settings.metric]],
                       drop_ci_high=t.user_attrs.get("drop_ci_high"))
             for t in pool if t.number in numbers]
 
@@ -342,17 +385,19 @@ def _select_and_verify(study, settings, sessions, name, db_url, loaded, log, pro
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     pruned = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.PRUNED,))
     candidates = _candidates(study, settings)
-    order = verification_order(candidates, settings.max_drop, settings.max_verifications)
+    order = _fixed_order(study, settings, sessions, name, candidates, len(complete) + len(pruned))
     result: dict = {"study": name, "trials": len(complete) + len(pruned), "complete": len(complete),
                     "pruned": len(pruned), "feasible": len(candidates), "recommended": None, "heldout": None,
                     "verified": [], "metric": settings.metric, "max_drop": settings.max_drop,
                     "objective": settings.objective, "error_control": RULE,
                     "verification_order": [c.number for c in order]}
     if not candidates:
-        measured = [t for t in complete + pruned if "f1_drop" in t.user_attrs]
-        best = min(measured, key=lambda t: t.user_attrs["f1_drop"], default=None)
+        drop_attr = DROP_ATTRS[settings.metric]
+        measured = [t for t in complete + pruned if t.user_attrs.get(drop_attr) is not None]
+        best = min(measured, key=lambda t: t.user_attrs[drop_attr], default=None)
         result["best_found"] = None if best is None else {
-            "strategy": best.user_attrs["strategy"], "f1_drop": best.user_attrs["f1_drop"],
+            "strategy": best.user_attrs["strategy"], "drop": best.user_attrs[drop_attr],
+            "f1_drop": best.user_attrs.get("f1_drop"),
             "paper_tflops_ratio": best.user_attrs["paper_tflops_ratio"],
             "evaluated_samples": best.user_attrs.get("evaluated_samples"), "state": best.state.name.lower()}
         result["message"] = "no schedule meets the budget on the tuning split"
@@ -373,8 +418,9 @@ def _select_and_verify(study, settings, sessions, name, db_url, loaded, log, pro
         plan = plan_comparison(vs, settings.max_drop, key)
         result["verified"].append({
             "run_id": report["run_id"], "strategy": cand.strategy, "trial": cand.number,
-            "baseline_f1_macro": base["f1_macro"], "f1_macro": arm["f1_macro"], "f1_drop": -vs["f1_delta"],
-            "f1_drop_ci_high": -vs["f1_delta_ci"][0], "accuracy_drop": -vs["accuracy_delta"],
+            "baseline_f1_macro": base["f1_macro"], "f1_macro": arm["f1_macro"], **_drops(vs),
+            "f1_drop_ci_high": metric_drop(vs, "f1")[2], "agreement": vs["agreement"],
+            "agreement_ci": vs["agreement_ci"], "n_paired": vs["n_paired"], "n_labelled": vs["n_labelled"],
             "paper_tflops_ratio": vs["paper_tflops_ratio"], "prefill_ratio": vs["prefill_ratio"],
             "verdict": verdict, "plan": plan, "plan_text": plan_sentence(plan)})
         if not verdict["met_with_confidence"]:
@@ -394,7 +440,8 @@ def _select_and_verify(study, settings, sessions, name, db_url, loaded, log, pro
         plans = [v for v in result["verified"] if v["plan"]["more_needed"]]
         if plans:
             best = min(plans, key=lambda v: v["plan"]["more_needed"])
-            result["next_step"] = (f"label about {best['plan']['more_needed']:,} more images for the held-out check "
+            verb = "run about" if key == "agreement" else "label about"
+            result["next_step"] = (f"{verb} {best['plan']['more_needed']:,} more images for the held-out check "
                                    f"of {best['strategy']}: {best['plan_text']}")
         elif result["verified"]:
             result["next_step"] = (f"{result['verified'][0]['plan_text']} Loosen the budget or search longer "
@@ -410,6 +457,41 @@ def _select_and_verify(study, settings, sessions, name, db_url, loaded, log, pro
                                 + (f"--dataset {settings.dataset} " if settings.dataset else "")
                                 + f"--arm baseline --arm '{result['recommended']}'")
     return result
+
+
+def _fixed_order(study, settings: TuneSettings, sessions, name: str, candidates: list[Candidate],
+                 finished: int) -> list[Candidate]:
+    """The held-out verification order, fixed once per study and trial target.
+
+    Workers of one study finish their trials at different moments and could each pick another sequence; the first
+    to get here writes its order (under the study row's lock), the others verify that same sequence, so each
+    verification run is computed once, its batches shared among the workers like any run's. A worker stopped
+    before the target (``--timeout``) verifies its own selection and fixes nothing.
+    """
+    order = verification_order(candidates, settings.max_drop, settings.max_verifications)
+    if finished < settings.trials:
+        return order
+
+    def unit() -> list[int] | None:
+        with sessions() as session:
+            # Writing first locks the row on PostgreSQL and the database on SQLite: one worker at a time.
+            session.execute(update(db.TuningStudy).where(db.TuningStudy.name == name)
+                            .values(name=db.TuningStudy.name))
+            row = session.scalars(select(db.TuningStudy).where(db.TuningStudy.name == name)).one()
+            fixed = row.verification_order
+            if fixed and fixed.get("trials") == settings.trials:
+                session.rollback()
+                return list(fixed["order"])
+            row.verification_order = {"trials": settings.trials, "order": [c.number for c in order]}
+            session.commit()
+            return None
+
+    numbers = with_retries(unit)
+    if numbers is None:
+        return order
+    # Every feasible trial (a multi-objective front may have moved since): the fixed numbers are among them.
+    feasible = {c.number: c for c in _candidates(study, replace(settings, multi_objective=False))}
+    return [feasible[number] for number in numbers if number in feasible]
 
 
 def _link_study(sessions, name: str, settings: TuneSettings, baseline_run_id: int) -> None:

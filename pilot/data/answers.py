@@ -16,6 +16,9 @@ At any position the longest label wins, so ``"no defect"`` is matched before ``"
 exactly as given. Labels that normalise to nothing (e.g. ``"?"``) can never match; if two labels normalise
 to the same words, the first one listed wins. Empty text or no match gives :data:`INVALID` -- note that a
 label spelled ``"invalid"`` would be indistinguishable from it.
+
+Without a label set (a pilot without labels and without declared answers) :func:`free_answer` keeps the
+normalised text itself as the answer, so two arms agree when their texts normalise alike.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import re
 import unicodedata
 from collections.abc import Sequence
 
-__all__ = ["INVALID", "NUMBER_WORDS", "normalise", "parse_answer"]
+__all__ = ["INVALID", "NUMBER_WORDS", "free_answer", "normalise", "parse_answer"]
 
 INVALID = "invalid"
 
@@ -87,3 +90,13 @@ def parse_answer(text: str, labels: Sequence[str]) -> str:
             aliases.setdefault((alias,), label)
     found = _match(words, aliases)
     return INVALID if found is None else found
+
+
+FREE_ANSWER_MAX = 255  # the store's prediction column
+
+
+def free_answer(text: str) -> str:
+    """The answer of a pilot without a label set: the normalised text (at most 255 characters), or
+    :data:`INVALID` when nothing is left."""
+    words = normalise(text or "")
+    return words[:FREE_ANSWER_MAX].rstrip() if words else INVALID

@@ -1,7 +1,7 @@
-"""Load a company's labelled image dataset from a manifest file (CSV or JSON lines) next to its images.
+"""Load a company's image dataset, labelled or not, from a manifest file (CSV or JSON lines) next to its images.
 
-A manifest lists one sample per row: ``image`` (a path relative to the manifest's folder) and ``label``
-are required, ``question`` and ``id`` are optional::
+A manifest lists one sample per row: ``image`` (a path relative to the manifest's folder) is required,
+``label``, ``question`` and ``id`` are optional::
 
     image,label,question
     parts/0001.png,scratch,
@@ -25,6 +25,13 @@ Decisions a caller should know:
 * Images are not opened or checked for existence here: a missing image is a per-sample error at run time.
 * Blank lines (and CSV rows whose cells are all empty) are skipped; line numbers stay physical, 1-based
   (the CSV header is line 1).
+* Labels are optional. A manifest without a ``label`` column, rows with an empty label, or ``no_labels=True``
+  (which ignores the column's values) give items whose ``label`` is :data:`UNLABELLED` (``""``): a pilot then
+  compares each pruned arm with the baseline's answers (agreement) instead of with labels; where some rows are
+  labelled, both views are shown. The label set (:attr:`Dataset.labels`, the answers a model's text is mapped
+  to) is the declared one, else the labels found in the column (also with ``no_labels``), else empty: answers
+  are then the model's normalised text (:func:`pilot.data.answers.free_answer`). Without a label set the default
+  prompt template cannot list the answers: give a ``question`` per row or a template without ``{labels}``.
 """
 
 from __future__ import annotations
@@ -38,12 +45,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-__all__ = ["DEFAULT_PROMPT_TEMPLATE", "Dataset", "Item", "ManifestError", "load_manifest"]
+__all__ = ["DEFAULT_PROMPT_TEMPLATE", "UNLABELLED", "Dataset", "Item", "ManifestError", "load_manifest"]
 
 DEFAULT_PROMPT_TEMPLATE = "What is shown in the image? Answer with one of: {labels}."
 
-REQUIRED_COLUMNS = ("image", "label")
-OPTIONAL_COLUMNS = ("question", "id")
+REQUIRED_COLUMNS = ("image",)
+OPTIONAL_COLUMNS = ("label", "question", "id")
+UNLABELLED = ""
+"""The label of a row without one (no ``label`` column, an empty value, or ``no_labels``)."""
 
 _CSV_SUFFIXES = {".csv"}
 _JSONL_SUFFIXES = {".jsonl", ".ndjson", ".json"}
@@ -59,9 +68,14 @@ class Item:
     image: Path
     """Absolute, resolved path inside the dataset folder; the file may not exist."""
     label: str
+    """The row's label, or :data:`UNLABELLED` (``""``)."""
     question: str
     line: int
     """1-based line of the row in the manifest (the CSV header is line 1)."""
+
+    @property
+    def labelled(self) -> bool:
+        return self.label != UNLABELLED
 
 
 @dataclass(frozen=True)
@@ -72,9 +86,15 @@ class Dataset:
     """Hex SHA-256 of the manifest's bytes."""
     items: tuple[Item, ...]
     labels: tuple[str, ...]
+    """The answer set: declared, else the labels found in the manifest; empty for free-text answers."""
 
     def __len__(self) -> int:
         return len(self.items)
+
+    @property
+    def labelled(self) -> int:
+        """How many items carry a label (0: a pilot without labels)."""
+        return sum(item.labelled for item in self.items)
 
 
 @dataclass(frozen=True)
@@ -89,13 +109,15 @@ def load_manifest(
     prompt_template: str | None = None,
     labels: Sequence[str] | None = None,
     name: str | None = None,
+    no_labels: bool = False,
 ) -> Dataset:
     """Read and validate a manifest; raise :class:`ManifestError` naming the file and line on any problem.
 
     ``prompt_template`` (default :data:`DEFAULT_PROMPT_TEMPLATE`) is the question for rows without one; it
     is formatted with ``labels=", ".join(labels)`` and may omit ``{labels}``. ``labels`` declares the label
     set (and its order); without it the labels are the manifest's unique labels, sorted. ``name`` defaults
-    to the name of the manifest's folder.
+    to the name of the manifest's folder. ``no_labels`` ignores the rows' labels (every item is unlabelled); the
+    label set is still the declared one, else the column's values.
     """
     path = Path(path)
     declared = _declared_labels(path, labels)
@@ -111,8 +133,16 @@ def load_manifest(
 
     folder = path.absolute().parent
     items = _build_items(path, folder, rows, declared)
-    dataset_labels = declared if declared is not None else tuple(sorted({label for _, label, _, _ in items}))
+    dataset_labels = declared if declared is not None else tuple(sorted({lab for _, lab, _, _ in items if lab}))
+    needs_default = any(not question for _, _, _, (_, question) in items)
+    if not dataset_labels and needs_default and "{labels}" in template:
+        raise ManifestError(
+            f"{path}: the manifest has no labels, so the default question cannot list the answers; declare the "
+            "answers (--labels a,b,c), give a 'question' on every row, or a --prompt-template without {labels}"
+        )
     default_question = _format_template(path, template, dataset_labels)
+    if no_labels:
+        items = [(item_id, UNLABELLED, image, rest) for item_id, _, image, rest in items]
 
     seen: dict[str, int] = {}
     built: list[Item] = []
@@ -300,9 +330,7 @@ def _build_items(
         label = row.fields.get("label", "").strip()
         if not image_value:
             raise ManifestError(f"{path}:{row.line}: empty 'image' value; give the image path for this row")
-        if not label:
-            raise ManifestError(f"{path}:{row.line}: empty 'label' value; give the label for this row")
-        if declared is not None and label not in declared:
+        if label and declared is not None and label not in declared:
             raise ManifestError(
                 f"{path}:{row.line}: label {label!r} is not one of the declared labels "
                 f"{list(declared)}; fix the label or declare it (labels are case-sensitive)"

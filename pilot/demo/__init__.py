@@ -2,8 +2,17 @@
 
 The demo model (a small LLaVA trained here, shipped in the package) answers questions about the
 synthetic inspection images; the pilot runs the baseline and the pruned arms on the demo
-dataset, the tuner looks for the cheapest schedule within one point of macro-F1, and the
-results land in the store that ``pilot dashboard`` shows.
+dataset, the tuner looks for the cheapest schedule within ``DEMO_BUDGET`` of macro-F1 and verifies
+it on the held-out half, and the results land in the store that ``pilot dashboard`` shows (it
+opens on the tuner's verified recommendation).
+
+The budget and the size: a verdict needs the 95% upper end of the held-out drop under the budget,
+and on a few hundred images that upper end sits 1-3 points above the drop itself, even for a
+schedule that changes few answers. With 300 images (150 held out) a 3-point budget was not reached
+(the first candidate: drop +1.4, upper end +4.4) and a 1-point one would take thousands of images
+(``pilot plan``). With 600 (302 held out) and 3 points of macro-F1 the tuner's fixed sequence ends
+with a verified recommendation on the shipped model (drop +0.0, upper end +1.2, 0.82x paper
+TFLOPs), in about 2.5 minutes for the whole demo on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -14,26 +23,32 @@ DEMO_ARMS = ["baseline", "transprune", "transprune:positions=original", "fastv:a
              "pool:factor=2"]
 
 
-def run_demo(db_url: str | None = None, limit: int | None = None, trials: int = 12) -> int:
+DEMO_BUDGET = 0.03  # macro-F1 points (0.03 = 3 points); why: see the module docstring and the README
+DEMO_TRIALS = 16
+
+
+def run_demo(db_url: str | None = None, limit: int | None = None, trials: int | None = None) -> int:
     from pilot.report import format_report
-    from pilot.runner import RunSettings, execute
+    from pilot.runner import DEMO_DATASET_SIZE, RunSettings, execute
     from pilot.store import normalise_url
+    from tuner.select import format_summary
     from tuner.study import TuneSettings, tune
+
+    trials = trials or DEMO_TRIALS
+    progress = sys.stderr.isatty()  # progress bars on a terminal only
+    size = min(limit, DEMO_DATASET_SIZE) if limit else DEMO_DATASET_SIZE
 
     def say(message: str) -> None:
         print(f"\n== {message}", file=sys.stderr, flush=True)
 
-    say("pilot run: baseline and pruned arms on the demo dataset (300 synthetic inspection images)")
-    report = execute(RunSettings(arms=list(DEMO_ARMS), batch_size=8, limit=limit), db_url=db_url)
-    print(format_report(report))
-    say(f"pilot tune: the cheapest TransPrune schedule within 1 point of macro-F1 ({trials} trials)")
-    result = tune(TuneSettings(max_drop=0.01, trials=trials, limit=limit, batch_size=8), db_url=db_url)
-    if result["recommended"]:
-        held = result["heldout"]
-        print(f"recommended: {result['recommended']}\n  held-out: macro-F1 {held['baseline_f1_macro']:.3f} -> "
-              f"{held['f1_macro']:.3f} (drop {held['f1_drop']:+.3f}, 95% upper end {held['f1_drop_ci_high']:+.3f}), "
-              f"paper TFLOPs x{held['paper_tflops_ratio']:.3f}, prefill x{held['prefill_ratio']:.3f}")
-    else:
-        print(result.get("message", "no recommendation"))
-    say(f"see it: pilot dashboard --db {normalise_url(db_url)}")
+    say(f"pilot run: baseline and pruned arms on the demo dataset ({size} synthetic inspection images)")
+    report = execute(RunSettings(arms=list(DEMO_ARMS), batch_size=8, limit=limit), db_url=db_url, progress=progress)
+    print(format_report(report, DEMO_BUDGET), flush=True)
+    say(f"pilot tune: the cheapest TransPrune schedule within {DEMO_BUDGET * 100:.0f} points of macro-F1, verified "
+        f"on the held-out half ({trials} trials)")
+    result = tune(TuneSettings(max_drop=DEMO_BUDGET, trials=trials, limit=limit, batch_size=8), db_url=db_url,
+                  progress=progress)
+    print(format_summary(result), flush=True)
+    say(f"see it: pilot dashboard --db {normalise_url(db_url)}"
+        + ("  (it opens on the recommendation)" if result["recommended"] else ""))
     return 0

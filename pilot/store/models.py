@@ -193,11 +193,69 @@ class SampleResult(Base):
     peak_memory_mb: Mapped[float | None] = mapped_column(Float)
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # The worker that computed it (None: stored before revision 0004); the report counts results per worker and
+    # compares latencies from one kind of device only.
+    worker_id: Mapped[int | None] = mapped_column(ForeignKey("workers.id", ondelete="SET NULL"), index=True)
 
     arm: Mapped[Arm] = relationship(back_populates="results")
 
     def __repr__(self) -> str:
         return f"SampleResult(arm_id={self.arm_id!r}, sample_id={self.sample_id!r}, prediction={self.prediction!r})"
+
+
+class Worker(Base):
+    """One process working on a run (``pilot run`` started N times: by hand, torchrun, a Slurm array, an indexed Job).
+
+    Its heartbeat keeps its claims (``RunBatch.lease_expires_at``); a worker whose heartbeat stops for a lease, or
+    whose process is gone from its own machine, is dead and its claims go to the others. ``local_key`` names the
+    machine and PID namespace the ``pid`` belongs to: a worker may test the PIDs of workers with its own key only.
+    """
+
+    __tablename__ = "workers"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(255))  # "host/pid", "host/rank3/pid" under a launcher
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    local_key: Mapped[str] = mapped_column(String(255))
+    rank: Mapped[int | None] = mapped_column(Integer)  # the launcher's rank, array task or completion index
+    device: Mapped[str] = mapped_column(String(64))  # "cuda:1", "cpu"
+    # What latencies depend on: the GPU's name, or the CPU's and its thread count. One kind per comparison.
+    device_kind: Mapped[str] = mapped_column(String(255))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # How it ended: "done", "interrupted", "failed", "dead" (found gone by another worker); None while it works.
+    outcome: Mapped[str | None] = mapped_column(String(16))
+
+    def __repr__(self) -> str:
+        return f"Worker(id={self.id!r}, name={self.name!r}, device={self.device!r})"
+
+
+class RunBatch(Base):
+    """One batch of a run's samples, the unit workers claim: every arm the batch still lacks, on one device.
+
+    Planned once per run (``position`` = the batch's index in the run's sample order; the arms start rotated by it,
+    as in a single process). A worker claims a batch with ``SELECT ... FOR UPDATE SKIP LOCKED`` and holds it until
+    ``lease_expires_at``, which its heartbeat pushes on; ``done_at`` is set once every (arm, sample) of the batch is
+    stored. ``attempts`` > 1: a worker died or lost its lease on it.
+    """
+
+    __tablename__ = "run_batches"
+    __table_args__ = (UniqueConstraint("run_id", "position"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    position: Mapped[int] = mapped_column(Integer)
+    sample_ids: Mapped[list[str]] = mapped_column(JSON)
+    worker_id: Mapped[int | None] = mapped_column(ForeignKey("workers.id", ondelete="SET NULL"))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    done_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    def __repr__(self) -> str:
+        return f"RunBatch(run_id={self.run_id!r}, position={self.position!r}, worker_id={self.worker_id!r})"
 
 
 class ArmSummary(Base):
@@ -220,6 +278,9 @@ class TuningStudy(Base):
     baseline_run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
     verification_run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
     recommended_strategy: Mapped[str | None] = mapped_column(Text)
+    # The held-out verification order, fixed once per study by the first worker to select:
+    # {"trials": the study's trial target, "order": [trial numbers]}; the others verify the same sequence.
+    verification_order: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     baseline_run: Mapped[Run | None] = relationship(foreign_keys=[baseline_run_id])

@@ -33,6 +33,7 @@ DEFAULT_URL = "sqlite:///pilot.db"
 # Optuna keeps its own "alembic_version" table in the same database: ours has another name, and we never touch theirs.
 VERSION_TABLE = "pilot_alembic_version"
 SQLITE_BUSY_TIMEOUT_S = 30.0
+PG_CONNECT_TIMEOUT_S = 10
 # Any fixed 64-bit key: serialises concurrent `upgrade` calls on one PostgreSQL database.
 _PG_MIGRATION_LOCK_KEY = 0x7069_6C6F_7473_746F  # "pilotsto"
 
@@ -76,6 +77,8 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
 
 def _create_engine(url: str, **kwargs: Any) -> Engine:
     if not _is_sqlite(url):
+        if "connect_timeout" not in make_url(url).query:  # a host that drops packets: an answer within seconds
+            kwargs["connect_args"] = {"connect_timeout": PG_CONNECT_TIMEOUT_S, **kwargs.get("connect_args", {})}
         return create_engine(url, pool_pre_ping=True, **kwargs)
     path = _sqlite_file(url)
     if path is not None and str(path.parent) not in ("", "."):
@@ -131,14 +134,33 @@ def head_revision() -> str | None:
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
+class StoreUnreachable(RuntimeError):
+    """The store cannot be opened (server down, wrong host, port, user or path); one line naming ``--db``."""
+
+
+def _unreachable(url: str, error: DBAPIError) -> StoreUnreachable:
+    detail = str(error.orig if error.orig is not None else error).strip().splitlines()
+    shown = make_url(url).render_as_string(hide_password=True)
+    fix = ("check the path and that this user may write there" if _is_sqlite(url) else
+           "start the server, or fix the host, port, user or database name in the URL")
+    return StoreUnreachable(f"--db {shown}: cannot connect ({detail[0] if detail else 'no answer'}); {fix}")
+
+
 def upgrade(url: str | None = None) -> None:
-    """Bring the schema to the newest revision. Idempotent; concurrent callers serialise on a lock."""
+    """Bring the schema to the newest revision. Idempotent; concurrent callers serialise on a lock.
+
+    A store that cannot be reached raises ``StoreUnreachable`` (one line), not the driver's traceback.
+    """
     from alembic import command
 
     url = normalise_url(url)
     engine = _migration_engine(url)
     try:
-        with engine.connect() as connection, connection.begin():
+        try:
+            connection = engine.connect()
+        except (OperationalError, InterfaceError) as error:
+            raise _unreachable(url, error) from None
+        with connection, connection.begin():
             if connection.dialect.name == "postgresql":
                 connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_MIGRATION_LOCK_KEY})")
             config = alembic_config(url)
