@@ -84,7 +84,7 @@ class _Layout:
     valid: torch.Tensor  # [batch, seq] bool: not padding
     positions: torch.Tensor  # [batch, seq, axes] long
     visual_index: torch.Tensor  # [batch, seq] long: original visual index, -1 for text/padding
-    block: torch.Tensor  # [batch, seq] long: tokens of one block attend both ways (Gemma 3's images); -1 none
+    block: torch.Tensor  # [batch, seq] long: a block's tokens attend both ways (an image, in some families); -1 none
 
     @property
     def visual(self) -> torch.Tensor:
@@ -110,7 +110,7 @@ def attention_mask_4d(
     """Causal + padding mask for the last ``n_query`` of ``valid.shape[1]`` keys.
 
     ``block`` [batch, keys]: tokens of the same block (>= 0) also see each other's later tokens
-    (Gemma 3: bidirectional inside an image). ``window``: a query sees keys at most ``window - 1``
+    (bidirectional inside an image, where the family says so). ``window``: a query sees keys at most ``window - 1``
     tokens back (sliding-window layers; counted in the layer's own token sequence, as its KV
     cache is). Boolean for sdpa (True = attend), additive for eager. A padding query attends to
     itself only, so no row is empty (an empty row gives NaN in sdpa). Without padding, blocks or
@@ -267,7 +267,7 @@ class PruningHandle:
             inputs_embeds = lm.embed_tokens(input_ids)
         visual = self._visual
         if isinstance(attention_mask, dict) and visual is not None:
-            attention_mask = visual.attention_mask  # prepared 4-D masks (Gemma 3): the engine builds its own
+            attention_mask = visual.attention_mask  # prepared 4-D masks: the engine builds its own
         if attention_mask is not None and (isinstance(attention_mask, dict) or attention_mask.ndim != 2):
             raise ValueError("the pruning engine needs a 2D attention mask (static caches are not supported)")
         use_cache = lm.config.use_cache if use_cache is None else use_cache
@@ -299,7 +299,7 @@ class PruningHandle:
         """The decoder layer written out, to read each sub-module's input and output for TTV.
 
         Input: after the sub-module's input norm; output: what is added to the residual (after
-        the output norm where the family has one, as Gemma 3 does).
+        the output norm where the family's layer has one).
         """
         layer = self.language_model.layers[index]
         direction = self.strategy.direction
@@ -336,7 +336,7 @@ class PruningHandle:
         block = visual.block.to(device).masked_fill(~valid, -1) if visual.block is not None else torch.full_like(
             visual_index, -1)
         layout = _Layout(inputs_embeds, valid, positions, visual_index, block)
-        # Per layer: features the LM adds to the visual tokens after it (Qwen3-VL's DeepStack),
+        # Per layer: features the LM adds to the visual tokens after it (DeepStack-style),
         # indexed by original visual index so that they follow the pruning.
         additions = self.family.visual_additions(lm_kwargs, visual.mask.to(device))
         n_visual = image_mask.sum(dim=1)
@@ -536,7 +536,7 @@ class PruningHandle:
             visual_tokens = tokens[visual_at]
             grids = self._image_grids(visual, row, visual_tokens, visual_positions, visual_at)
             # Pooled tokens take their window's top-left token's place; text (separators such as
-            # Pixtral's [IMG_BREAK] between an image's rows) stays where it is.
+            # row breaks between an image's rows) stays where it is.
             keep, hidden_row, offset = ~is_visual, tokens.clone(), 0
             for image in grids:
                 size = sum(g.length for g in image)
