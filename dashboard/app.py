@@ -106,7 +106,11 @@ def sidebar(url: str, runs: list[dict], studies: list[dict]) -> tuple[str, objec
     choices = list(data.METRIC_CHOICES)
     metric = bar.selectbox("Budget on", choices, format_func=data.METRIC_CHOICES.get, key="metric",
                            help="Without labels the budget is the largest share of answers that change")
-    max_drop = bar.number_input("Max drop", min_value=0.0, max_value=1.0, value=0.01, step=0.005,
+    # Landing on (or linked to) a study: its own budget first, so the page repeats the verdict it was verified at.
+    landed = next((row for row in studies if row["name"] == linked_study), None) if first == "Tuning study" else None
+    budget = data.num(((landed or {}).get("settings") or {}).get("max_drop"))
+    max_drop = bar.number_input("Max drop", min_value=0.0, max_value=1.0,
+                                value=budget if budget is not None and 0 <= budget <= 1 else 0.01, step=0.005,
                                 format="%.3f", key="max_drop",
                                 help="0.01 = one point of macro-F1 (or accuracy), or 1% of answers changed")
     bar.header("Cost inputs")

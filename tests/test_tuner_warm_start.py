@@ -147,3 +147,4 @@ def test_dashboard_opens_on_a_verified_recommendation(checkpoint, manifest, tmp_
     assert any("Tuning study: tune-demo" in s.value for s in at.subheader)
     assert any(chosen in s.value for s in at.success)
     assert any(m.value.startswith(f"**Recommendation: `{chosen}`**") for m in at.markdown)
+    assert at.number_input(key="max_drop").value == 0.9  # the study's own budget: the verdict it was verified at
