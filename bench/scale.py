@@ -1,7 +1,8 @@
 """Scaling benchmark: one pilot run computed by one worker, then by two, on the demo; samples per second.
 
-    python bench/scale.py                         # fresh PostgreSQL database on 127.0.0.1:5432, all 300 demo samples
+    python bench/scale.py                         # fresh PostgreSQL database on 127.0.0.1:5432, all 600 demo samples
     python bench/scale.py --limit 120 --workers 1 2 --repeats 2 --db postgresql://user@host/db
+    python bench/scale.py --controls matched      # a longer job: the pilot with its control arms
 
 Each worker is the same ``pilot run --name NAME --db URL`` process, started together as a launcher would, with
 ``--threads`` torch threads (one by default: two workers on a 2-core machine, as one GPU each). Two rates per row:
@@ -9,6 +10,10 @@ Each worker is the same ``pilot run --name NAME --db URL`` process, started toge
 - wall: the run's samples over the time from starting the workers to the last one's exit (model loading, warm-up
   and the wait for the last batch included: what a user waits for);
 - steady: samples per second between the first and the last result stored (the work phase alone).
+
+"start s": from starting the workers to the first result stored (imports, model loading, warm-up). Every worker pays
+it at the same time, so it does not shrink with more workers and caps the wall speed-up of a short run (Amdahl):
+wall speed-up = (start + work) / (start + work / workers).
 
 "cores used": the workers' CPU seconds over the wall time; below the worker count when other processes share the
 cores, which then caps the speed-up whatever the workers do.
@@ -27,6 +32,7 @@ import subprocess
 import sys
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import create_engine, func, select
@@ -47,9 +53,12 @@ def run_once(url: str, workers: int, args: argparse.Namespace, tag: str) -> dict
                "--batch-size", str(args.batch_size)]
     if args.limit:
         command += ["--limit", str(args.limit)]
+    if args.controls:
+        command += ["--controls", args.controls]
     threads = str(args.threads)
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
     cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    launched_at = datetime.now(UTC)  # results carry the workers' wall clock: the same machine's
     started = time.perf_counter()
     processes = [subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
                  for _ in range(workers)]
@@ -65,7 +74,9 @@ def run_once(url: str, workers: int, args: argparse.Namespace, tag: str) -> dict
     try:
         with engine.connect() as connection:
             run = connection.execute(select(db.Run.id).where(db.Run.name == name)).scalar_one()
-            arms = connection.execute(select(func.count()).select_from(db.Arm).where(db.Arm.run_id == run)).scalar()
+            arm_names = connection.execute(
+                select(db.Arm.name).where(db.Arm.run_id == run).order_by(db.Arm.id)).scalars().all()
+            arms = len(arm_names)
             results = (select(db.SampleResult.created_at).join(db.Arm).where(db.Arm.run_id == run)).subquery()
             count, first, last = connection.execute(
                 select(func.count(), func.min(results.c.created_at), func.max(results.c.created_at))).one()
@@ -79,7 +90,8 @@ def run_once(url: str, workers: int, args: argparse.Namespace, tag: str) -> dict
     # The window opens with the first commit (one batch of one arm): the results after it, over the window.
     steady = (count - args.batch_size) / arms / steady_s if steady_s > 0 else float("nan")
     return {"workers": workers, "samples": samples, "wall_s": wall, "wall_rate": samples / wall,
-            "steady_rate": steady, "cores": cpu / wall, "per_worker": per_worker}
+            "start_s": (first - launched_at).total_seconds(), "steady_rate": steady, "cores": cpu / wall,
+            "per_worker": per_worker, "arms": arm_names}
 
 
 def main() -> int:
@@ -87,8 +99,10 @@ def main() -> int:
     parser.add_argument("--db", help="PostgreSQL URL (default: a fresh database on 127.0.0.1:5432, dropped after)")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
-    parser.add_argument("--limit", type=int, help="first N demo samples (default: all 300)")
+    parser.add_argument("--limit", type=int, help="first N demo samples (default: all 600)")
     parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--controls", choices=["matched"],
+                        help="add the matched control arms (a longer job: 8 arms instead of 2)")
     parser.add_argument("--repeats", type=int, default=1, help="rounds, worker counts interleaved; medians shown")
     args = parser.parse_args()
 
@@ -126,14 +140,15 @@ def main() -> int:
         return statistics.median(row[key] for row in rows[workers])
 
     base = args.workers[0]
-    print(f"demo model, {rows[base][0]['samples']} samples x 2 arms (baseline, transprune), batch size "
+    arms = rows[base][0]["arms"]
+    print(f"demo model, {rows[base][0]['samples']} samples x {len(arms)} arms ({', '.join(arms)}), batch size "
           f"{args.batch_size}, {args.threads} thread(s) per worker, {os.cpu_count()} CPU cores, PostgreSQL; "
-          f"median of {args.repeats}; load average before {load[0]:.1f}, after {os.getloadavg()[0]:.1f} "
-          "(other processes share these cores)")
-    print(f"{'workers':>7} {'wall s':>8} {'samples/s':>10} {'speed-up':>9} {'steady/s':>9} {'speed-up':>9} "
-          f"{'cores used':>10}  results per worker")
+          f"median of {args.repeats}; load average {load[0]:.1f} before the first round")
+    print(f"{'workers':>7} {'wall s':>8} {'start s':>8} {'samples/s':>10} {'speed-up':>9} {'steady/s':>9} "
+          f"{'speed-up':>9} {'cores used':>10}  results per worker")
     for workers in args.workers:
-        print(f"{workers:>7} {median(workers, 'wall_s'):>8.1f} {median(workers, 'wall_rate'):>10.2f} "
+        print(f"{workers:>7} {median(workers, 'wall_s'):>8.1f} {median(workers, 'start_s'):>8.1f} "
+              f"{median(workers, 'wall_rate'):>10.2f} "
               f"{median(workers, 'wall_rate') / median(base, 'wall_rate'):>8.2f}x "
               f"{median(workers, 'steady_rate'):>9.2f} "
               f"{median(workers, 'steady_rate') / median(base, 'steady_rate'):>8.2f}x "
