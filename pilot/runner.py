@@ -38,6 +38,7 @@ from pilot.workers import (
     Launcher,
     RunWorker,
     SharingError,
+    cpu_name,
     detect_launcher,
     device_kind,
     finish_run,
@@ -154,16 +155,8 @@ def demo_dataset_path() -> Path:
 def machine_info(device: torch.device) -> dict:
     import transformers
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     return {
-        "cpu": cpu, "threads": torch.get_num_threads(), "device": str(device),
+        "cpu": cpu_name(), "threads": torch.get_num_threads(), "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "torch": torch.__version__, "transformers": transformers.__version__,
         "python": platform.python_version(), "platform": platform.platform(),

@@ -117,24 +117,26 @@ def resolve_device(requested: str, launcher: Launcher | None = None) -> torch.de
     return device
 
 
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
 def device_kind(device: torch.device) -> str:
     """What latencies depend on: the GPU's name, or the CPU's model and torch's thread count."""
     import torch
 
     if device.type == "cuda":
         return f"cuda: {torch.cuda.get_device_name(device)}"
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import platform
-
-    cpu = cpu or platform.processor() or platform.machine()
-    return f"{device.type}: {cpu}, {torch.get_num_threads()} threads"[:255]
+    return f"{device.type}: {cpu_name()}, {torch.get_num_threads()} threads"[:255]
 
 
 def lease_seconds(env: Mapping[str, str] | None = None) -> float:

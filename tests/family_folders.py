@@ -45,25 +45,11 @@ INTERNVL_CHAT_TEMPLATE = (
 
 def word_tokenizer(special: list[str], **kwargs):
     """A word-level tokenizer over the demo task's words, ``special`` first (ids 0, 1, ...)."""
-    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    from pilot.data import synthetic
+    from pilot.demo.train import word_level_core
 
-    pre = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
-                                   pre_tokenizers.Split(Regex(r"\w+(?:-\w+)*|[^\w\s]+"), behavior="isolated")])
-    texts = ["system user assistant :", *synthetic.LABELS, synthetic.CAPTION_QUESTION, *synthetic.QUADRANTS]
-    for templates in synthetic.QUESTION_TEMPLATES.values():
-        for template in templates:
-            for quadrant in synthetic.QUADRANTS:
-                for kind in synthetic.DEFECT_TYPES:
-                    texts.append(template.format(quadrant=quadrant, kind=kind, kinds=synthetic.PLURALS[kind]))
-    words = sorted({word for text in texts for word, _ in pre.pre_tokenize_str(text.lower())})
-    vocab = {token: index for index, token in enumerate(special + [w for w in words if w not in special])}
-    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    core.normalizer = normalizers.Lowercase()
-    core.pre_tokenizer = pre
-    core.add_special_tokens(special)
+    core = word_level_core(special, ["system user assistant :"])
     return PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", padding_side="left", **kwargs)
 
 

@@ -5,6 +5,7 @@ import torch
 from transformers import LlamaForCausalLM
 
 from pilot.pruning import FastV, NoPrune, RandomPrune, TokenPool, TransPrune, attach
+from tests.checks import perturb_after
 from tests.models import llava_inputs, next_inputs, take, text_config, tiny_llava, tiny_llava_next
 
 KEEP_ALL = TransPrune(prune_after=(2, 3, 4), keep=(1.0, 1.0, 1.0))
@@ -57,18 +58,6 @@ def test_tokens_really_removed_and_trace_shapes(llava):
     assert cache_lengths == [text + n for n in [36, 36, 27, 18, 9, 9]]
     assert out.logits.shape[1] == text + 9
 
-
-def _perturb_after(model, layer_index, position):
-    """Perturb one token's output of a layer (through its MLP, which every code path calls)."""
-
-    def hook(module, args, output):
-        output = output.clone()
-        output[:, position] += 100.0
-        return output
-
-    return model.model.language_model.layers[layer_index].mlp.register_forward_hook(hook)
-
-
 @torch.no_grad()
 def test_dropped_token_cannot_influence_later_layers(llava):
     inputs = llava_inputs([2], [5])
@@ -79,14 +68,14 @@ def test_dropped_token_cannot_influence_later_layers(llava):
         kept = handle.last_trace.kept[0][0].tolist()
         handle.replay_kept = handle.last_trace.kept
         dropped = next(i for i in range(36) if i not in kept)
-        hook = _perturb_after(llava, 1, text_before + dropped)  # output of the 2nd layer
+        hook = perturb_after(llava, 1, text_before + dropped)  # output of the 2nd layer
         try:
             perturbed = llava(**inputs).logits
         finally:
             hook.remove()
         assert torch.equal(reference, perturbed)
         # Control: the same perturbation of a kept token does change the result.
-        hook = _perturb_after(llava, 1, text_before + kept[0])
+        hook = perturb_after(llava, 1, text_before + kept[0])
         try:
             changed = llava(**inputs).logits
         finally:

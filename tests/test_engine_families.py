@@ -23,6 +23,7 @@ from pilot.pruning import random_models as rm
 from pilot.pruning.families import GridSegment, for_model, onevision_image_grids
 from pilot.pruning.families.mistral3 import pixtral_images
 from pilot.pruning.strategies import kept_count
+from tests.checks import perturb_after
 
 KEEP_ALL = TransPrune(prune_after=(2, 3, 4), keep=(1.0, 1.0, 1.0))
 SCHEDULE = TransPrune(prune_after=(2, 3, 4), keep=(0.75, 0.5, 0.25))
@@ -256,16 +257,6 @@ def test_baseline_goes_through_the_loop_unchanged(family):
         assert (model(**inputs).logits - stock)[inputs["attention_mask"].bool()].abs().max() <= 1e-5
     assert handle.last_trace.visual_tokens_per_layer[:, -1].tolist() == counts
 
-
-def _perturb_after(model, layer_index, position):
-    def hook(module, args, output):
-        output = output.clone()
-        output[:, position] += 100.0
-        return output
-
-    return _language_model(model).layers[layer_index].mlp.register_forward_hook(hook)
-
-
 @torch.no_grad()
 def test_dropped_token_cannot_influence_later_layers(family):
     name, case, model = family
@@ -276,12 +267,12 @@ def test_dropped_token_cannot_influence_later_layers(family):
         kept = handle.last_trace.kept[0][0].tolist()
         handle.replay_kept = handle.last_trace.kept
         dropped = next(i for i in range(counts[0]) if i not in kept)
-        hook = _perturb_after(model, 1, visual[dropped])  # the 2nd layer's output, before the drop
+        hook = perturb_after(model, 1, visual[dropped])  # the 2nd layer's output, before the drop
         try:
             assert torch.equal(model(**inputs).logits, reference)
         finally:
             hook.remove()
-        hook = _perturb_after(model, 1, visual[kept[0]])  # control: a kept token does count
+        hook = perturb_after(model, 1, visual[kept[0]])  # control: a kept token does count
         try:
             changed = model(**inputs).logits
         finally:

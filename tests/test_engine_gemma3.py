@@ -7,6 +7,7 @@ import torch
 
 from pilot.pruning import FastV, NoPrune, RandomPrune, TokenPool, TransPrune, attach
 from pilot.pruning.random_models import GEMMA_IMAGE_TOKEN, random_gemma3
+from tests.checks import perturb_after, reference_ttv
 from tests.models import gemma_inputs, gemma_take
 
 KEEP_ALL = TransPrune(prune_after=(1, 3, 4), keep=(1.0, 1.0, 1.0))
@@ -64,16 +65,6 @@ def test_image_tokens_see_each_other_both_ways(gemma):
     for kind in stock:
         assert (ours[kind] - stock[kind]).abs().max() <= 1e-5
 
-
-def _perturb_after(model, layer_index, position):
-    def hook(module, args, output):
-        output = output.clone()
-        output[:, position] += 100.0
-        return output
-
-    return model.model.language_model.layers[layer_index].mlp.register_forward_hook(hook)
-
-
 @torch.no_grad()
 def test_dropped_token_cannot_influence_later_layers(gemma):
     inputs = gemma_inputs(gemma, [1], [5])
@@ -83,12 +74,12 @@ def test_dropped_token_cannot_influence_later_layers(gemma):
         kept = handle.last_trace.kept[0][0].tolist()
         handle.replay_kept = handle.last_trace.kept
         dropped = next(i for i in range(16) if i not in kept)
-        hook = _perturb_after(gemma, 1, first_image + dropped)
+        hook = perturb_after(gemma, 1, first_image + dropped)
         try:
             assert torch.equal(gemma(**inputs).logits, reference)
         finally:
             hook.remove()
-        hook = _perturb_after(gemma, 1, first_image + kept[0])
+        hook = perturb_after(gemma, 1, first_image + kept[0])
         try:
             assert (gemma(**inputs).logits - reference).abs().max() > 1e-3
         finally:
@@ -164,14 +155,6 @@ def test_detach_restores_and_bf16_runs(gemma):
     assert (stock - same)[inputs["attention_mask"].bool()].abs().max() < 0.05
     assert out.shape[1] == inputs["input_ids"].shape[1] + 3
 
-
-def _reference_ttv(x, y):
-    x, y = x.double(), y.double()
-    magnitude = y.norm(dim=-1) / x.norm(dim=-1)
-    change = 1 - torch.nn.functional.cosine_similarity(x, y, dim=-1)
-    return torch.softmax(change, dim=-1) * magnitude
-
-
 @torch.no_grad()
 def test_ttv_and_iga_equal_a_direct_computation():
     """TTV reads each sub-module's output after Gemma's output norm; IGA is the stock attention
@@ -198,7 +181,7 @@ def test_ttv_and_iga_equal_a_direct_computation():
     stock = model(**inputs, output_attentions=True)
     for hook in hooks:
         hook.remove()
-    ttv = sum(_reference_ttv(captured[(f"{kind}_in", i)], captured[(f"{kind}_out", i)])[0]
+    ttv = sum(reference_ttv(captured[(f"{kind}_in", i)], captured[(f"{kind}_out", i)])[0]
               for kind in ("attn", "mlp") for i in (1, 2))
     ttv_visual = ttv[visual] / ttv[visual].sum()
     attention = stock.attentions[3][0].double()

@@ -10,6 +10,7 @@ import torch
 
 from pilot.pruning import FastV, NoPrune, RandomPrune, TokenPool, TransPrune, attach
 from pilot.pruning.random_models import random_qwen2_5_vl, random_qwen3_vl
+from tests.checks import perturb_after, reference_ttv
 from tests.models import qwen_inputs, qwen_take
 
 KEEP_ALL = TransPrune(prune_after=(1, 3, 4), keep=(1.0, 1.0, 1.0))
@@ -57,16 +58,6 @@ def test_tokens_really_removed_per_sample(qwen):
     text = inputs["input_ids"].shape[1] - 20  # the longer row sets the padded width
     assert out.cache.layers[-1].keys.shape[2] < text + 20
 
-
-def _perturb_after(model, layer_index, position):
-    def hook(module, args, output):
-        output = output.clone()
-        output[:, position] += 100.0
-        return output
-
-    return model.model.language_model.layers[layer_index].mlp.register_forward_hook(hook)
-
-
 @torch.no_grad()
 def test_dropped_token_cannot_influence_later_layers(qwen):
     inputs, _ = qwen_inputs(qwen, [[(8, 12)]], [5])
@@ -76,13 +67,13 @@ def test_dropped_token_cannot_influence_later_layers(qwen):
         kept = handle.last_trace.kept[0][0].tolist()
         handle.replay_kept = handle.last_trace.kept
         dropped = next(i for i in range(24) if i not in kept)
-        hook = _perturb_after(qwen, 1, first_visual + dropped)  # the 2nd layer's output
+        hook = perturb_after(qwen, 1, first_visual + dropped)  # the 2nd layer's output
         try:
             perturbed = qwen(**inputs).logits
         finally:
             hook.remove()
         assert torch.equal(reference, perturbed)
-        hook = _perturb_after(qwen, 1, first_visual + kept[0])
+        hook = perturb_after(qwen, 1, first_visual + kept[0])
         try:
             changed = qwen(**inputs).logits
         finally:
@@ -246,14 +237,6 @@ def test_bf16_runs_and_keep_all_is_close(family):
     assert (stock - same)[valid].abs().max() < 0.05
     assert out.shape[1] == inputs["input_ids"].shape[1] + 3
 
-
-def _reference_ttv(x, y):
-    x, y = x.double(), y.double()
-    magnitude = y.norm(dim=-1) / x.norm(dim=-1)
-    change = 1 - torch.nn.functional.cosine_similarity(x, y, dim=-1)
-    return torch.softmax(change, dim=-1) * magnitude
-
-
 @torch.no_grad()
 @pytest.mark.parametrize("family", ["qwen2.5-vl", "qwen3-vl"])
 def test_ttv_and_iga_equal_a_direct_computation(family):
@@ -276,7 +259,7 @@ def test_ttv_and_iga_equal_a_direct_computation(family):
     stock = model(**inputs, output_attentions=True)
     for hook in hooks:
         hook.remove()
-    ttv = sum(_reference_ttv(*captured[(kind, i)])[0] for kind in ("attn", "mlp") for i in (1, 2))
+    ttv = sum(reference_ttv(*captured[(kind, i)])[0] for kind in ("attn", "mlp") for i in (1, 2))
     ttv_visual = ttv[visual] / ttv[visual].sum()
     attention = stock.attentions[3][0].double()
     iga = attention[:, after_last][:, :, visual].mean(dim=(0, 1))

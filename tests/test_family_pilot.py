@@ -10,23 +10,16 @@ different tile counts.
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
-
 import pytest
 import torch
 from PIL import Image
-from sqlalchemy import select
 
-from pilot.cli import main
 from pilot.data import synthetic
 from pilot.models import load
 from pilot.pruning import random_models as rm
 from pilot.pruning.strategies import kept_count
-from pilot.store import models as db
-from pilot.store import open_store
 from tests.family_folders import save_tiny_internvl, save_tiny_smolvlm
+from tests.folder_pilot import assert_batched_equals_one_by_one, run_pilot_cli, stored
 
 ARMS = ["baseline", "transprune", "fastv:after=2,keep=0.5", "random", "pool:factor=2", "divprune:keep=0.5"]
 SIDE = 4  # tokens per tile side: 32 px tiles, 4 px patches, pixel shuffle 0.5 (InternVL) / scale factor 2 (SmolVLM)
@@ -78,23 +71,7 @@ def pilot_run(family, tmp_path_factory):
     """`pilot run --model FOLDER` with every arm, two samples with different tile counts per batch: (report, url)."""
     name, _, folder, (manifest, _) = family
     url = f"sqlite:///{tmp_path_factory.mktemp(f'{name}-store') / 'pilot.db'}"
-    argv = ["run", "--model", str(folder), "--dataset", str(manifest), "--limit", "4", "--batch-size", "2",
-            "--labels", ",".join(synthetic.LABELS), "--max-new-tokens", "3", "--db", url, "--json"]
-    for arm in ARMS:
-        argv += ["--arm", arm]
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        assert main(argv) == 0
-    return json.loads(out.getvalue()), url
-
-
-def stored(url: str) -> dict[str, dict[str, db.SampleResult]]:
-    """arm name -> sample id -> its stored result."""
-    out: dict[str, dict[str, db.SampleResult]] = {}
-    with open_store(url)() as session:
-        for arm, result in session.execute(select(db.Arm.name, db.SampleResult).join(db.Arm)).all():
-            out.setdefault(arm, {})[result.sample_id] = result
-    return out
+    return run_pilot_cli(folder, manifest, url, ARMS), url
 
 
 def test_folder_loads_offline_and_prompts_mark_the_tiles(family):
@@ -221,15 +198,5 @@ def test_pilot_run_on_tiled_family_end_to_end(family, pilot_run):
 
 def test_batches_of_different_tile_counts_answer_as_samples_alone(family, pilot_run, tmp_path):
     """Each batch paired images with different tile counts (left-padded): same answers and kept tokens one by one."""
-    from pilot.runner import RunSettings, execute
-
     _, _, folder, (manifest, ids) = family
-    url = f"sqlite:///{tmp_path / 'one-by-one.db'}"
-    execute(RunSettings(model=str(folder), dataset=str(manifest), arms=["baseline", "transprune"], limit=4,
-                        batch_size=1, labels=list(synthetic.LABELS), max_new_tokens=3, warmup_batches=0),
-            db_url=url, progress=False)
-    alone, batched = stored(url), stored(pilot_run[1])
-    for arm in ("baseline", "transprune"):
-        for sample in ids:
-            a, b = alone[arm][sample], batched[arm][sample]
-            assert (a.answer_text, a.kept_indices, a.visual_tokens) == (b.answer_text, b.kept_indices, b.visual_tokens)
+    assert_batched_equals_one_by_one(folder, manifest, ids, pilot_run[1], f"sqlite:///{tmp_path / 'one-by-one.db'}")

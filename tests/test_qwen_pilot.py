@@ -7,23 +7,18 @@ left-padded batch.
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import io
 import json
 import math
 
 import pytest
 from PIL import Image
-from sqlalchemy import select
 
-from pilot.cli import main
 from pilot.data import synthetic
 from pilot.models import load
 from pilot.pruning.flops import ModelDims, full_prefill_flops
 from pilot.pruning.strategies import kept_count
-from pilot.store import models as db
-from pilot.store import open_store
+from tests.folder_pilot import assert_batched_equals_one_by_one, run_pilot_cli, stored
 from tests.qwen_folder import save_tiny_qwen2_5_vl
 
 ARMS = ["baseline", "transprune", "fastv", "random", "pool"]
@@ -72,23 +67,7 @@ def pilot_run(qwen_folder, dataset, tmp_path_factory):
     """`pilot run --model FOLDER` with every arm, two samples of different sizes per batch: (report, url)."""
     manifest, _ = dataset
     url = f"sqlite:///{tmp_path_factory.mktemp('qwen-store') / 'pilot.db'}"
-    argv = ["run", "--model", str(qwen_folder), "--dataset", str(manifest), "--limit", "4", "--batch-size", "2",
-            "--labels", ",".join(synthetic.LABELS), "--max-new-tokens", "3", "--db", url, "--json"]
-    for arm in ARMS:
-        argv += ["--arm", arm]
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        assert main(argv) == 0
-    return json.loads(out.getvalue()), url
-
-
-def stored(url: str) -> dict[str, dict[str, db.SampleResult]]:
-    """arm name -> sample id -> its stored result."""
-    out: dict[str, dict[str, db.SampleResult]] = {}
-    with open_store(url)() as session:
-        for arm, result in session.execute(select(db.Arm.name, db.SampleResult).join(db.Arm)).all():
-            out.setdefault(arm, {})[result.sample_id] = result
-    return out
+    return run_pilot_cli(qwen_folder, manifest, url, ARMS), url
 
 
 def test_pilot_run_on_qwen_end_to_end(pilot_run, dataset, qwen_folder):
@@ -167,15 +146,6 @@ def test_pilot_run_on_qwen_end_to_end(pilot_run, dataset, qwen_folder):
 
 def test_left_padded_batches_answer_as_samples_alone(qwen_folder, dataset, pilot_run, tmp_path):
     """Two images of different sizes shared each left-padded batch: same answers and kept tokens one by one."""
-    from pilot.runner import RunSettings, execute
-
     manifest, ids = dataset
     url = f"sqlite:///{tmp_path / 'one-by-one.db'}"
-    execute(RunSettings(model=str(qwen_folder), dataset=str(manifest), arms=["baseline", "transprune"], limit=4,
-                        batch_size=1, labels=list(synthetic.LABELS), max_new_tokens=3, warmup_batches=0),
-            db_url=url, progress=False)
-    alone, batched = stored(url), stored(pilot_run[1])
-    for arm in ("baseline", "transprune"):
-        for sample in ids:
-            a, b = alone[arm][sample], batched[arm][sample]
-            assert (a.answer_text, a.kept_indices, a.visual_tokens) == (b.answer_text, b.kept_indices, b.visual_tokens)
+    assert_batched_equals_one_by_one(qwen_folder, manifest, ids, pilot_run[1], url)

@@ -4,15 +4,8 @@ import torch
 
 from pilot.pruning import TransPrune, attach
 from pilot.pruning.families import GridSegment, pool_visual
+from tests.checks import reference_ttv
 from tests.models import llava_inputs, tiny_llava
-
-
-def _reference_ttv(x, y):
-    """The spec, written plainly for one sample: softmax(1 - cos) * ||y|| / ||x||."""
-    x, y = x.double(), y.double()
-    magnitude = y.norm(dim=-1) / x.norm(dim=-1)
-    change = 1 - torch.nn.functional.cosine_similarity(x, y, dim=-1)
-    return torch.softmax(change, dim=-1) * magnitude
 
 
 @torch.no_grad()
@@ -39,7 +32,7 @@ def test_first_stage_scores_match_the_stock_model():
     for h in hooks:
         h.remove()
 
-    ttv = sum(_reference_ttv(*captured[(kind, i)])[0] for kind in ("attn", "mlp") for i in (1, 2))
+    ttv = sum(reference_ttv(*captured[(kind, i)])[0] for kind in ("attn", "mlp") for i in (1, 2))
     ttv_visual = ttv[before : before + 36]
     ttv_visual = ttv_visual / ttv_visual.sum()
     # IGA: layer 4 (the one after the stage) attention from the instruction rows, over heads.

@@ -57,25 +57,31 @@ CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
 CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
 
 
-def build_tokenizer() -> PreTrainedTokenizerFast:
-    """A word-level tokenizer over every word the task's prompts and answers use."""
+def word_level_core(special: list[str], extra_texts: list[str]) -> Tokenizer:
+    """A word-level tokenizer over every word of the task's prompts and answers and ``extra_texts``,
+    lowercased, with ``special`` first (ids 0, 1, ...). Also builds the tests' tiny checkpoint folders."""
     # Words, hyphenated words ("top-left") as one token, and runs of punctuation.
     pre = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
                                    pre_tokenizers.Split(Regex(r"\w+(?:-\w+)*|[^\w\s]+"), behavior="isolated")])
-    texts = [DEFAULT_PROMPT.replace("<image>", " "), *synthetic.LABELS, synthetic.CAPTION_QUESTION,
-             *synthetic.QUADRANTS]
+    texts = [*extra_texts, *synthetic.LABELS, synthetic.CAPTION_QUESTION, *synthetic.QUADRANTS]
     for templates in synthetic.QUESTION_TEMPLATES.values():
         for template in templates:
             for quadrant in synthetic.QUADRANTS:
                 for kind in synthetic.DEFECT_TYPES:
                     texts.append(template.format(quadrant=quadrant, kind=kind, kinds=synthetic.PLURALS[kind]))
     words = sorted({word for text in texts for word, _ in pre.pre_tokenize_str(text.lower())})
-    vocab = {token: index for index, token in enumerate(SPECIAL + words)}
+    vocab = {token: index for index, token in enumerate(special + [w for w in words if w not in special])}
     core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     core.normalizer = normalizers.Lowercase()
     core.pre_tokenizer = pre
-    core.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", vocab["<s>"])])
-    core.add_special_tokens(SPECIAL)
+    core.add_special_tokens(special)
+    return core
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over every word the task's prompts and answers use."""
+    core = word_level_core(SPECIAL, [DEFAULT_PROMPT.replace("<image>", " ")])
+    core.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", SPECIAL.index("<s>"))])
     return PreTrainedTokenizerFast(
         tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
         padding_side="left", extra_special_tokens={"image_token": "<image>"},

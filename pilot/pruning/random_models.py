@@ -89,16 +89,6 @@ def preset_llava(name: str, *, layers: int | None = None, hidden: int | None = N
 QWEN_VISION_START, QWEN_VISION_END, QWEN_IMAGE_TOKEN, QWEN_VIDEO_TOKEN = 3, 4, 5, 6
 
 
-def _qwen_text(layers, hidden, intermediate, heads, kv_heads, vocab, mrope_section, **extra):
-    return dict(
-        vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate or hidden * 2,
-        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads or heads,
-        max_position_embeddings=8192, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": list(mrope_section)},
-        **extra,
-    )
-
-
 def _qwen_ids():
     return dict(image_token_id=QWEN_IMAGE_TOKEN, video_token_id=QWEN_VIDEO_TOKEN,
                 vision_start_token_id=QWEN_VISION_START, vision_end_token_id=QWEN_VISION_END)
@@ -111,6 +101,26 @@ def _init_small(model, std: float):
             if parameter.ndim >= 2 or "norm" not in name:
                 parameter.normal_(0.0, std)
     return model
+
+
+def _text_config(layers, hidden, intermediate, heads, kv_heads, vocab, **extra):
+    return dict(
+        vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate or hidden * 2,
+        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads or heads,
+        max_position_embeddings=8192, pad_token_id=0, bos_token_id=1, eos_token_id=2, **extra,
+    )
+
+
+def _build(model_class, config, attn, dtype, device):
+    config._attn_implementation = attn
+    with torch.device(device):
+        model = model_class(config)
+    return _init_small(model, 0.08).eval().to(dtype)
+
+
+def _qwen_text(layers, hidden, intermediate, heads, kv_heads, vocab, mrope_section, **extra):
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": list(mrope_section)}
+    return _text_config(layers, hidden, intermediate, heads, kv_heads, vocab, rope_parameters=rope, **extra)
 
 
 def random_qwen2_5_vl(
@@ -151,10 +161,7 @@ def random_qwen2_5_vl(
         ),
         **_qwen_ids(),
     )
-    config._attn_implementation = attn
-    with torch.device(device):
-        model = Qwen2_5_VLForConditionalGeneration(config)
-    return _init_small(model, 0.08).eval().to(dtype)
+    return _build(Qwen2_5_VLForConditionalGeneration, config, attn, dtype, device)
 
 
 def random_qwen3_vl(
@@ -199,10 +206,7 @@ def random_qwen3_vl(
     )
     prefix = "Qwen3VLMoe" if moe else "Qwen3VL"
     config = getattr(transformers, f"{prefix}Config")(text_config=text, vision_config=vision, **_qwen_ids())
-    config._attn_implementation = attn
-    with torch.device(device):
-        model = getattr(transformers, f"{prefix}ForConditionalGeneration")(config)
-    return _init_small(model, 0.08).eval().to(dtype)
+    return _build(getattr(transformers, f"{prefix}ForConditionalGeneration"), config, attn, dtype, device)
 
 
 def preset_qwen(name: str, *, layers: int | None = None, hidden: int | None = None, **kwargs):
@@ -239,21 +243,6 @@ INTERNVL_IMG_START, INTERNVL_IMG_END, INTERNVL_IMAGE_TOKEN = 3, 4, 5  # <img>, <
 PIXTRAL_IMG_BREAK, PIXTRAL_IMG_END, PIXTRAL_IMAGE_TOKEN = 3, 4, 5  # [IMG_BREAK], [IMG_END], [IMG]
 # <fake_token_around_image>, <global-img>, <image>; <row_i_col_j> are 7 + 3 * (i - 1) + (j - 1) (i, j <= 3)
 SMOLVLM_FAKE_TOKEN, SMOLVLM_GLOBAL_IMG, SMOLVLM_IMAGE_TOKEN, SMOLVLM_FIRST_ROW_COL = 3, 4, 5, 7
-
-
-def _text_config(layers, hidden, intermediate, heads, kv_heads, vocab, **extra):
-    return dict(
-        vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate or hidden * 2,
-        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads or heads,
-        max_position_embeddings=8192, pad_token_id=0, bos_token_id=1, eos_token_id=2, **extra,
-    )
-
-
-def _build(model_class, config, attn, dtype, device):
-    config._attn_implementation = attn
-    with torch.device(device):
-        model = model_class(config)
-    return _init_small(model, 0.08).eval().to(dtype)
 
 
 def random_llava_onevision(
@@ -462,7 +451,4 @@ def random_gemma3(
         mm_tokens_per_image=tokens_per_image, boi_token_index=GEMMA_BOI, eoi_token_index=GEMMA_EOI,
         image_token_index=GEMMA_IMAGE_TOKEN,
     )
-    config._attn_implementation = attn
-    with torch.device(device):
-        model = Gemma3ForConditionalGeneration(config)
-    return _init_small(model, 0.08).eval().to(dtype)
+    return _build(Gemma3ForConditionalGeneration, config, attn, dtype, device)

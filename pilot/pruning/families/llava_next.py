@@ -26,6 +26,36 @@ def next_image_grids(config, image_size) -> list[GridSegment]:
     return [GridSegment(0, side, side), GridSegment(side * side, rows, cols, newline=True)]
 
 
+def newline_grids(model: nn.Module, visual_tokens: torch.Tensor) -> list[list[GridSegment]]:
+    """The grids of a sample's images, read off its visual tokens: after each square base grid
+    comes either the high-resolution grid, whose rows each end with the model's ``image_newline``
+    feature, or (LLaVA-OneVision's multi-image samples) that newline at once, as a 1 x 1 grid."""
+    side = grid_side(model.config)
+    base = side * side
+    count = visual_tokens.shape[0]
+    newline = model.model.image_newline.to(visual_tokens.dtype)
+    is_newline = (visual_tokens == newline).all(dim=-1).tolist()
+    images, start = [], 0
+    while start < count:
+        grid_start = start + base
+        if grid_start >= count or not any(is_newline[grid_start:]):
+            raise ValueError(
+                f"{type(model).__name__}: cannot read the grid of an image at visual token {start} "
+                f"(no newline feature after its {side}x{side} base grid)"
+            )
+        if is_newline[grid_start]:
+            images.append([GridSegment(0, side, side), GridSegment(base, 1, 1)])
+            start = grid_start + 1
+            continue
+        cols = is_newline.index(True, grid_start) - grid_start
+        rows = 0
+        while grid_start + rows * (cols + 1) + cols < count and is_newline[grid_start + rows * (cols + 1) + cols]:
+            rows += 1
+        images.append([GridSegment(0, side, side), GridSegment(base, rows, cols, newline=True)])
+        start = grid_start + rows * (cols + 1)
+    return images
+
+
 class LlavaNext(Family):
     name = "llava_next"
     classes = ("LlavaNextForConditionalGeneration",)
@@ -33,25 +63,8 @@ class LlavaNext(Family):
 
     def image_grids(self, model: nn.Module, visual_tokens: torch.Tensor, visual_positions: torch.Tensor,
                     run_lengths: list[int]) -> list[list[GridSegment]]:
-        """Read off the tokens: each high-resolution row ends with the model's ``image_newline``
-        vector (``generate`` does not pass image sizes on)."""
-        side = grid_side(model.config)
-        base = side * side
-        count = visual_tokens.shape[0]
-        newline = model.model.image_newline.to(visual_tokens.dtype)
-        is_newline = (visual_tokens == newline).all(dim=-1).tolist()
-        images, start = [], 0
-        while start < count:
-            grid_start = start + base
-            if grid_start >= count or not any(is_newline[grid_start:]):
-                raise ValueError(f"cannot read the LLaVA-NeXT grid of an image at visual token {start}")
-            cols = is_newline.index(True, grid_start) - grid_start
-            rows = 0
-            while grid_start + rows * (cols + 1) + cols < count and is_newline[grid_start + rows * (cols + 1) + cols]:
-                rows += 1
-            images.append([GridSegment(0, side, side), GridSegment(base, rows, cols, newline=True)])
-            start = grid_start + rows * (cols + 1)
-        return images
+        """Read off the tokens (``generate`` does not pass image sizes on)."""
+        return newline_grids(model, visual_tokens)
 
     def prompt_grids(self, model: nn.Module, inputs: dict) -> list[list[list[GridSegment]] | None] | None:
         """From the processor's ``image_sizes`` (one per image, in batch order)."""

@@ -31,6 +31,7 @@ from torch import nn
 from pilot.pruning.families.base import Family, GridSegment
 from pilot.pruning.families.internvl import prompt_rows
 from pilot.pruning.families.llava import grid_side
+from pilot.pruning.families.llava_next import newline_grids
 
 
 def onevision_image_grids(config, image_size, multi_image: bool = False) -> list[GridSegment]:
@@ -65,33 +66,9 @@ class LlavaOnevision(Family):
 
     def image_grids(self, model: nn.Module, visual_tokens: torch.Tensor, visual_positions: torch.Tensor,
                     run_lengths: list[int]) -> list[list[GridSegment]]:
-        """Read off the tokens (``generate`` passes no image sizes on): after each base grid either
-        a newline follows at once (a multi-image sample) or the anyres grid, whose rows each end
-        with the ``image_newline`` feature."""
-        side = grid_side(model.config)
-        base = side * side
-        count = visual_tokens.shape[0]
-        newline = model.model.image_newline.to(visual_tokens.dtype)
-        is_newline = (visual_tokens == newline).all(dim=-1).tolist()
-        images, start = [], 0
-        while start < count:
-            grid_start = start + base
-            if grid_start >= count or not any(is_newline[grid_start:]):
-                raise ValueError(
-                    f"{type(model).__name__}: cannot read the grid of an image at visual token {start} "
-                    f"(no newline feature after its {side}x{side} base grid)"
-                )
-            if is_newline[grid_start]:  # multi-image: the base grid and one newline
-                images.append([GridSegment(0, side, side), GridSegment(base, 1, 1)])
-                start = grid_start + 1
-                continue
-            cols = is_newline.index(True, grid_start) - grid_start
-            rows = 0
-            while grid_start + rows * (cols + 1) + cols < count and is_newline[grid_start + rows * (cols + 1) + cols]:
-                rows += 1
-            images.append([GridSegment(0, side, side), GridSegment(base, rows, cols, newline=True)])
-            start = grid_start + rows * (cols + 1)
-        return images
+        """Read off the tokens (``generate`` passes no image sizes on), as for LLaVA-NeXT; a
+        multi-image sample's base grids are each followed by one newline."""
+        return newline_grids(model, visual_tokens)
 
     def prompt_grids(self, model: nn.Module, inputs: dict) -> list[list[list[GridSegment]] | None]:
         """Per sample, its images' grids from the processor's ``image_sizes`` and
