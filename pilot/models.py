@@ -110,16 +110,22 @@ def images_only(processor_class: type) -> type:
     def get_attributes(cls):
         return [name for name in processor_class.get_attributes() if name != "video_processor"]
 
+    # transformers up to 5.24 builds processors through from_args_and_dict, 5.25 through from_dict.
     def from_args_and_dict(cls, args, processor_dict, **kwargs):
         processor_dict = {k: v for k, v in processor_dict.items() if k != "video_processor"}
         return processor_class.from_args_and_dict.__func__(cls, args, processor_dict, **kwargs,
                                                            video_processor=None)
+
+    def from_dict(cls, processor_dict, **kwargs):
+        processor_dict = {k: v for k, v in processor_dict.items() if k != "video_processor"}
+        return processor_class.from_dict.__func__(cls, processor_dict, **kwargs, video_processor=None)
 
     def apply_chat_template(self, conversation, chat_template=None, **kwargs):
         return ProcessorMixin.apply_chat_template(self, conversation, chat_template, **kwargs)
 
     return type(processor_class.__name__, (processor_class,), {
         "get_attributes": classmethod(get_attributes), "from_args_and_dict": classmethod(from_args_and_dict),
+        "from_dict": classmethod(from_dict),
         "apply_chat_template": apply_chat_template, "__module__": processor_class.__module__,
         "__qualname__": processor_class.__qualname__,
         "__doc__": f"{processor_class.__name__} for images and text only (no torchvision: no video processor).",

@@ -225,6 +225,7 @@ class PruningHandle:
 
         def multimodal_forward(*args, **kwargs):
             inputs = {"input_ids": args[0], **kwargs} if args else kwargs  # input_ids comes first
+            self.family.check_inputs(self.model, inputs)
             self._visual = self.family.visual_inputs(self.model, inputs)
             try:
                 return original_multimodal(*args, **kwargs)

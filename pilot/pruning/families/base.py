@@ -74,6 +74,9 @@ class Family:
     )
     # Attention types whose pattern the engine reproduces for this family (see ``decoder_layer_types``).
     layer_types: tuple[str, ...] = ("full_attention", "sliding_attention")
+    # (given, needed, why): when the forward gets ``given``, it needs ``needed`` too. The processor
+    # returns both; inputs built by hand without it get one message naming it (``check_inputs``).
+    required_inputs: tuple[tuple[str, str, str], ...] = ()
 
     # -- 1. the decoder stack ----------------------------------------------------------------
     def language_model(self, model: nn.Module) -> nn.Module:
@@ -119,6 +122,16 @@ class Family:
                 f"{' or '.join(self.position_modes)}. {self.position_modes_reason}".rstrip()
             )
         return mode
+
+    def check_inputs(self, model: nn.Module, inputs: dict) -> None:
+        """ValueError naming an input the multimodal forward needs and did not get (see ``required_inputs``)."""
+        for given, needed, why in self.required_inputs:
+            if inputs.get(given) is not None and inputs.get(needed) is None:
+                raise ValueError(
+                    f"{type(model).__name__} (pruning attached): the forward got {given} but no {needed}, "
+                    f"which {why}. The processor returns {needed} alongside input_ids: pass all of its "
+                    f"outputs, e.g. model.generate(**processor(images=..., text=..., return_tensors='pt'))"
+                )
 
     # -- 2./3. visual tokens and their grids ---------------------------------------------------
     def visual_token_ids(self, config) -> tuple[int, ...]:

@@ -35,6 +35,9 @@ class Gemma3(Family):
     layer_norms = ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
                    "post_feedforward_layernorm")
     layer_types = ("full_attention", "sliding_attention")
+    required_inputs = (
+        ("pixel_values", "token_type_ids", "marks each image's tokens, which attend to each other both ways in prefill"),
+    )
 
     def check(self, model: nn.Module) -> nn.Module:
         language_model = super().check(model)

@@ -60,6 +60,7 @@ class LlavaNext(Family):
     name = "llava_next"
     classes = ("LlavaNextForConditionalGeneration",)
     position_modes = ("compact", "original")
+    required_inputs = (("pixel_values", "image_sizes", "sizes each image's tiles and token grid"),)
 
     def image_grids(self, model: nn.Module, visual_tokens: torch.Tensor, visual_positions: torch.Tensor,
                     run_lengths: list[int]) -> list[list[GridSegment]]:

@@ -63,6 +63,7 @@ class LlavaOnevision(Family):
     classes = ("LlavaOnevisionForConditionalGeneration",)
     # compact first, as for LLaVA: renumbering after each drop is what the TransPrune authors' code does.
     position_modes = ("compact", "original")
+    required_inputs = (("pixel_values", "image_sizes", "sizes each image's tiles and token grid"),)
 
     def image_grids(self, model: nn.Module, visual_tokens: torch.Tensor, visual_positions: torch.Tensor,
                     run_lengths: list[int]) -> list[list[GridSegment]]:

@@ -58,6 +58,7 @@ class Mistral3(Family):
     name = "mistral3"
     classes = ("Mistral3ForConditionalGeneration",)
     position_modes = ("compact", "original")
+    required_inputs = (("pixel_values", "image_sizes", "sizes each image's tiles and token grid"),)
 
     def image_grids(self, model: nn.Module, visual_tokens: torch.Tensor, visual_positions: torch.Tensor,
                     run_lengths: list[int]) -> list[list[GridSegment]]:

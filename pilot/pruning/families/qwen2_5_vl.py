@@ -33,6 +33,12 @@ class Qwen2_5_VL(Family):
     position_modes = ("original",)
     position_axes = 3
     layer_types = ("full_attention",)  # use_sliding_window (off in the released models) is not reproduced
+    required_inputs = (
+        ("pixel_values", "image_grid_thw", "sizes each image's patch grid for the vision tower"),
+        ("pixel_values", "mm_token_type_ids", "marks the visual tokens that M-RoPE numbers by row and column"),
+        ("pixel_values_videos", "video_grid_thw", "sizes each video's frames for the vision tower"),
+        ("pixel_values_videos", "mm_token_type_ids", "marks the visual tokens that M-RoPE numbers by row and column"),
+    )
     position_modes_reason = (
         "M-RoPE places each visual token by its row and column, and the text after an image continues "
         "from the image's extent, not its token count, so there is no gap to close after a drop."
