@@ -36,7 +36,7 @@ class Gemma3(Family):
                    "post_feedforward_layernorm")
     layer_types = ("full_attention", "sliding_attention")
     required_inputs = (
-        ("pixel_values", "token_type_ids", "marks each image's tokens, which attend to each other both ways in prefill"),
+        ("pixel_values", "token_type_ids", "marks each image's tokens, which see each other both ways in prefill"),
     )
 
     def check(self, model: nn.Module) -> nn.Module:
