@@ -49,7 +49,10 @@ bench: $(STAMP)
 	$(PY) bench/engine.py
 
 # Resolve pyproject.toml's ranges (and requirements.in) to the newest releases, for CPython 3.11.
-lock: $(STAMP)
+# Needs only the venv's Python and the lock's uv: a pyproject.toml that the old lock no longer satisfies can be locked.
+UV_VERSION = $(shell sed -n 's/^uv==\([^ ]*\).*/\1/p' requirements.lock)
+lock: $(PY)
+	$(PY) -m pip install --quiet uv==$(UV_VERSION)
 	$(VENV)/bin/uv pip compile pyproject.toml requirements.in --extra dev --python-version 3.11 \
 	    --generate-hashes --find-links $(TORCH_WHEELS) --quiet -o requirements.lock
 	@echo "requirements.lock updated: run 'make test', then commit it."

@@ -51,8 +51,9 @@ def _trials(url: str, optuna_study_name: str) -> pd.DataFrame:
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def _image_paths(manifest: str | None, labels: tuple[str, ...], template: str | None, demo: bool) -> dict:
-    return data.image_paths(manifest, labels, template, demo)
+def _image_paths(manifest: str | None, labels: tuple[str, ...], template: str | None, demo: bool,
+                 options: tuple[tuple[str, str], ...] = ()) -> dict:
+    return data.image_paths(manifest, labels, template, demo, options)
 
 
 @st.cache_data(show_spinner=False, ttl=10)
@@ -69,6 +70,25 @@ def _studies(url: str) -> list[dict]:
 
 
 # ---------------------------------------------------------------- sidebar
+
+
+def _metric_choices(url: str, view: str, selection: object) -> dict[str, str]:
+    """The "Budget on" choices for what is shown: the label metrics, and the open-ended ones the run or study has
+    (a run in progress has no report yet: the label metrics only)."""
+    if view == "Run" and selection is not None:
+        info = data.run_info(_engine(url), int(selection))
+        if info["status"] in data.IN_PROGRESS:
+            return data.metric_choices()
+        report = _report(url, info["run_id"], data.stamp(info))
+        return data.metric_choices(data.run_metrics(report), data.resolve_metric("auto", report))
+    if view == "Tuning study" and isinstance(selection, dict):
+        own = (selection.get("settings") or {}).get("metric")
+        try:
+            trials = _trials(url, selection["optuna_study_name"])
+        except KeyError:  # the Optuna study is not in the database (yet); the study view says so
+            return data.metric_choices()
+        return data.metric_choices(data.trial_metrics(trials, own), data.metric_key(own) if own else None)
+    return data.metric_choices()
 
 
 def sidebar(url: str, runs: list[dict], studies: list[dict]) -> tuple[str, object, float, str, data.CostInputs]:
@@ -103,9 +123,11 @@ def sidebar(url: str, runs: list[dict], studies: list[dict]) -> tuple[str, objec
                                index=names.index(linked_study) if linked_study in names else 0)
         selection = next(s for s in studies if s["name"] == chosen)
     bar.header("Accuracy budget")
-    choices = list(data.METRIC_CHOICES)
-    metric = bar.selectbox("Budget on", choices, format_func=data.METRIC_CHOICES.get, key="metric",
-                           help="Without labels the budget is the largest share of answers that change")
+    choices = _metric_choices(url, view, selection)
+    metric = bar.selectbox("Budget on", list(choices), format_func=choices.get, key="metric",
+                           help="Without labels the budget is the largest share of answers that change; open-ended "
+                                "answers offer their scores against the references, or their similarity to the "
+                                "baseline's answers")
     # Landing on (or linked to) a study: its own budget first, so the page repeats the verdict it was verified at.
     landed = next((row for row in studies if row["name"] == linked_study), None) if first == "Tuning study" else None
     budget = data.num(((landed or {}).get("settings") or {}).get("max_drop"))
@@ -167,12 +189,12 @@ def arm_block(arm: dict, base: dict | None, max_drop: float, recommended: str | 
             st.caption(f"strategy `{arm['strategy']}`")
         v = data.verdict(arm, max_drop, metric)
         VERDICT_BOX[v.status](f"**{v.label}.** {v.text}")
-        if metric != "agreement" and (arm.get("vs_baseline") or {}).get("agreement") is not None \
+        if metric in ("f1", "accuracy") and (arm.get("vs_baseline") or {}).get("agreement") is not None \
                 and (arm.get("n_labelled") or 0) < (arm.get("n") or 0):
             other = data.verdict(arm, max_drop, "agreement")  # labels on some rows only: the other view too
             st.caption(f"On every sample, labelled or not: {other.text}")
         columns = st.columns(5)
-        for column, tile in zip(columns, data.arm_tiles(arm, base), strict=True):
+        for column, tile in zip(columns, data.arm_tiles(arm, base, metric), strict=True):
             column.metric(tile.label, tile.value, tile.delta, delta_color=tile.delta_color, help=tile.help,
                           delta_arrow="off" if tile.delta_color == "off" else "auto", border=True)
         vs = arm.get("vs_baseline") or {}
@@ -184,12 +206,39 @@ def arm_block(arm: dict, base: dict | None, max_drop: float, recommended: str | 
                    f"{data.fixed(vs.get('paper_tflops_ratio'))}"
                    f" (ratio of means {data.fixed(vs.get('paper_tflops_ratio_of_means'))}) · full-prefill TFLOPs ratio "
                    f"{data.fixed(vs.get('full_tflops_ratio'))}")
+        if data.open_ended([arm]):
+            st.caption(open_ended_text(arm, base or {}))
         changes = vs.get("answer_changes") or {}
-        if changes and (metric == "agreement" or (arm.get("n_labelled") or 0) < (arm.get("n") or 0)):
+        if changes and (metric == "agreement" or (metric in ("f1", "accuracy")
+                                                  and (arm.get("n_labelled") or 0) < (arm.get("n") or 0))):
             with st.expander("Answer changes per baseline answer"):
                 st.dataframe(pd.DataFrame([{"baseline answer": answer, "samples": c["n"], "changed": c["changed"],
                                             "share changed": data.pct(c["rate"])} for answer, c in changes.items()]),
                              hide_index=True, width="stretch")
+
+
+def open_ended_text(arm: dict, base: dict) -> str:
+    """One line of an arm's open-ended KPIs beside the baseline's: scores against references, similarity to the
+    baseline's answers, answer length and generation."""
+    vs = arm.get("vs_baseline") or {}
+    bits = [f"{data.metric_title(m)} {data.fixed(arm.get(m))} vs {data.fixed(base.get(m))}"
+            for m in ("anls", "exact_match", "token_f1", "relaxed_accuracy", "field_f1") if arm.get(m) is not None]
+    if arm.get("json_invalid_rate") is not None:
+        bits.append(f"JSON not parsable {data.pct(arm.get('json_invalid_rate'))} vs "
+                    f"{data.pct(base.get('json_invalid_rate'))}")
+    if vs.get("anls_vs_baseline") is not None:
+        ci = vs.get("answers_changed_ci") or [None, None]
+        bits.append(f"ANLS to baseline {data.fixed(vs.get('anls_vs_baseline'))} · answers changed "
+                    f"{data.pct(vs.get('answers_changed'))} (95% CI {data.pct(ci[0])}–{data.pct(ci[1])}) · length "
+                    f"change {data.fixed(vs.get('length_change_chars'), 1)} chars")
+    if arm.get("output_tokens") is not None:
+        bits.append(f"output tokens {data.fixed(arm.get('output_tokens'), 1)} vs "
+                    f"{data.fixed(base.get('output_tokens'), 1)}")
+    if arm.get("ttft_ms_p50") is not None:
+        bits.append(f"TTFT p50 {data.short_ms(arm.get('ttft_ms_p50'))} vs {data.short_ms(base.get('ttft_ms_p50'))}")
+    if arm.get("truncated_rate") is not None:
+        bits.append(f"cut at the token limit {data.pct(arm.get('truncated_rate'))}")
+    return "Open-ended answers: " + " · ".join(bits)
 
 
 def headline(report: dict, max_drop: float, inputs: data.CostInputs, recommended: str | None,
@@ -207,9 +256,12 @@ def headline(report: dict, max_drop: float, inputs: data.CostInputs, recommended
                         "loosen the budget.")
             return
         vs = arm["vs_baseline"] or {}
-        tiles = {t.key: t for t in data.arm_tiles(arm, data.baseline_arm(report))}
+        tiles = {t.key: t for t in data.arm_tiles(arm, data.baseline_arm(report), metric)}
         cost = next((r for r in data.cost_rows(report, inputs) if r["arm"] == arm["name"]), {})
-        if "f1_change" in tiles:
+        chosen = data.quality_tile(vs, metric)
+        if chosen is not None:
+            quality = f"{chosen.label} {chosen.value} (95% {chosen.delta})"
+        elif "f1_change" in tiles:
             quality = (f"macro-F1 {tiles['f1_change'].value} (95% CI {data.ci_pts(vs.get('f1_delta_ci'))})")
         else:
             quality = f"answers unchanged {tiles['agreement'].value} ({tiles['agreement'].delta})"
@@ -287,11 +339,14 @@ def tradeoff_section(points: pd.DataFrame, max_drop: float, metric: str, what: s
                "budget. Vertical bars: 95% intervals of the change. Hover a point for its strategy string.")
 
 
-def evidence(url: str, info: dict, report: dict, key: tuple) -> None:
+def evidence(url: str, info: dict, report: dict, key: tuple, metric: str = "f1") -> None:
     st.markdown("### Evidence")
     samples = _samples(url, info["run_id"], key)
-    tabs = st.tabs(["Latency", "Per-class F1", "Disagreements with baseline", "Tokens per layer"])
-    with tabs[0]:
+    names = ["Latency", "Per-class F1", "Disagreements with baseline", "Tokens per layer"]
+    if data.open_ended(report.get("arms") or []):
+        names.insert(2, "Worst-hit answers")
+    tabs = dict(zip(names, st.tabs(names), strict=True))
+    with tabs["Latency"]:
         if samples.empty or samples["prefill_ms"].notna().sum() == 0:
             st.info("No timed samples stored.")
         else:
@@ -302,7 +357,7 @@ def evidence(url: str, info: dict, report: dict, key: tuple) -> None:
                                width="stretch")
             st.caption(f"Per-sample times (a batch's time divided by its size, batch size {report.get('batch_size')}) "
                        f"on {data.machine_text(report.get('machine'))}.")
-    with tabs[1]:
+    with tabs["Per-class F1"]:
         frame = charts.per_class_frame(report)
         if frame.empty:
             st.info("No per-class F1 yet.")
@@ -312,9 +367,12 @@ def evidence(url: str, info: dict, report: dict, key: tuple) -> None:
             order = [a["name"] for a in report["arms"]]
             wide = wide.reindex(index=report.get("labels") or wide.index, columns=order)
             st.dataframe(wide.map(lambda v: data.fixed(v)), width="stretch")
-    with tabs[2]:
+    if "Worst-hit answers" in tabs:
+        with tabs["Worst-hit answers"]:
+            worst_hit_section(info, report, samples, metric)
+    with tabs["Disagreements with baseline"]:
         disagreement_section(info, report, samples)
-    with tabs[3]:
+    with tabs["Tokens per layer"]:
         per_layer = data.tokens_per_layer(samples)
         if per_layer.empty:
             st.info("No per-layer token counts stored.")
@@ -345,7 +403,7 @@ def disagreement_section(info: dict, report: dict, samples: pd.DataFrame) -> Non
                                    key="disagree_page"))
     settings = info["settings"]
     paths = _image_paths(info.get("manifest_path"), tuple(labels), settings.get("prompt_template"),
-                         settings.get("dataset") is None)
+                         settings.get("dataset") is None, data.dataset_options(settings))
     chunk = rows.iloc[(page - 1) * PAGE_SIZE: page * PAGE_SIZE]
     columns = st.columns(2)
     for i, row in enumerate(chunk.itertuples(index=False)):
@@ -355,17 +413,98 @@ def disagreement_section(info: dict, report: dict, samples: pd.DataFrame) -> Non
             st.markdown(f"**{row.sample_id}** · {label} · baseline `{row.baseline}` "
                         f"{mark.get(row.baseline_correct, '')} · pruned `{row.pruned}` "
                         f"{mark.get(row.pruned_correct, '')}")
-            path = paths.get(row.sample_id)
-            if path is None:
-                st.caption("Image not found (the run's manifest is not readable from here).")
-                continue
-            pictures, captions, note = charts.kept_overlays(path, row.visual_tokens, row.kept_indices, row.strategy,
-                                                            row.tokens_per_layer, image_grids=row.image_grids)
-            if note:
-                st.image(str(path), caption="input", width=150)
-                st.caption(note)
-            else:
-                st.image(pictures, caption=captions, width=135)
+            kept_patches(paths.get(row.sample_id), row)
+
+
+def kept_patches(path: Path | None, row, width: int = 135) -> None:
+    """The pictures of what the pruned arm kept of one sample (``row``: its visual_tokens, kept_indices, strategy,
+    tokens_per_layer and image_grids), or why there are none."""
+    if path is None:
+        st.caption("Image not found (the run's manifest is not readable from here).")
+        return
+    pictures, captions, note = charts.kept_overlays(path, row.visual_tokens, row.kept_indices, row.strategy,
+                                                    row.tokens_per_layer, image_grids=row.image_grids)
+    if note:
+        st.image(str(path), caption="input", width=150)
+        st.caption(note)
+    else:
+        st.image(pictures, caption=captions, width=width)
+
+
+ANSWER_BOX = ("<div style='white-space:pre-wrap;overflow-wrap:anywhere;border:1px solid rgba(128,128,128,0.35);"
+              "border-radius:6px;padding:6px 8px;min-height:2.2em'>{}</div>")
+
+
+def answer_box(content: str) -> str:
+    """Already-escaped answer HTML in a box (``st.markdown(..., unsafe_allow_html=True)``)."""
+    return ANSWER_BOX.format(content or "<em>(empty answer)</em>")
+
+
+def worst_hit_line(row) -> str:
+    """The scores of one worst-hit sample, as Markdown."""
+    similar = data.metric_title(row.similarity_basis)
+    if data.num(row.baseline_score) is None:  # no references: the drop is 1 - the similarity to the baseline's
+        line = f"{similar} {data.fixed(row.similarity)} (drop {data.pts(row.drop, signed=False)})"
+    else:
+        line = (f"{data.metric_title(row.basis)} {data.fixed(row.baseline_score)} → {data.fixed(row.pruned_score)} "
+                f"(drop {data.pts(row.drop, signed=False)}) · {similar} {data.fixed(row.similarity)}")
+        scores = row.pruned_scores or {}
+        if row.task == "json" and "fields_matched" in scores:
+            line += (f" · fields matched {(row.baseline_scores or {}).get('fields_matched', data.MISSING)} → "
+                     f"{scores['fields_matched']} of {scores.get('fields_reference', data.MISSING)}")
+    if row.pruned_finish == "length":
+        line += " · pruned answer cut at the token limit"
+    return line
+
+
+def worst_hit_section(info: dict, report: dict, samples: pd.DataFrame, metric: str) -> None:
+    pruned = [a["name"] for a in data.pruned_arms(report)]
+    base = data.baseline_arm(report)
+    if not pruned or base is None:
+        st.info("Worst-hit answers need a baseline and a pruned arm.")
+        return
+    arm = st.selectbox("Pruned arm", pruned, key="worst_arm") if len(pruned) > 1 else pruned[0]
+    rows = data.worst_hit_answers(samples, arm, metric, base["name"])
+    hit = rows[rows["drop"] > 0]
+    if hit.empty:
+        st.success(f"No open-ended answer got worse under {arm} ({len(rows)} compared with the baseline's).")
+        return
+    title = data.metric_title(metric)
+    if metric in data.VS_BASELINE_METRICS:
+        ranked = f"1 − the {title} of each pruned answer (no references needed)"
+    else:
+        score = (f"{title} against the references (baseline − pruned; rows without it: ANLS for text, field F1 "
+                 "for JSON)" if metric in data.SCORE_METRICS else "each answer's score against the references "
+                 "(baseline − pruned; ANLS for text, field F1 for JSON)")
+        ranked = (f"the drop of {score}, samples without references by 1 − the ANLS of the pruned answer to the "
+                  "baseline's")
+    st.markdown(f"**{len(hit)}** of {len(rows)} open-ended answers lost under **{arm}**, worst first: ranked by "
+                f"{ranked}. Struck through in red: words of the baseline's answer the pruned arm dropped; green: "
+                "words it added. Right: the patches it kept (dimmed: dropped).")
+    pages = (len(hit) + PAGE_SIZE - 1) // PAGE_SIZE
+    page = 1
+    if pages > 1:
+        page = int(st.number_input(f"Page (of {pages})", min_value=1, max_value=pages, value=1, step=1,
+                                   key="worst_page"))
+    settings = info["settings"]
+    labels = report.get("labels") or info["labels"]
+    paths = _image_paths(info.get("manifest_path"), tuple(labels), settings.get("prompt_template"),
+                         settings.get("dataset") is None, data.dataset_options(settings))
+    for row in hit.iloc[(page - 1) * PAGE_SIZE: page * PAGE_SIZE].itertuples(index=False):
+        with st.container(border=True):
+            st.markdown(f"**{row.sample_id}** · {row.task} · {worst_hit_line(row)}")
+            before, after = data.word_diff(row.baseline_text, row.pruned_text)
+            columns = st.columns([3, 3, 2, 4])
+            columns[0].caption("Baseline answer")
+            columns[0].markdown(answer_box(before), unsafe_allow_html=True)
+            columns[1].caption("Pruned answer")
+            columns[1].markdown(answer_box(after), unsafe_allow_html=True)
+            columns[2].caption("References" if len(row.references) > 1 else "Reference")
+            references = "<br>".join(data.html_text(r) for r in row.references)
+            columns[2].markdown(answer_box(references or "<em>(none: compared with the baseline's answer)</em>"),
+                                unsafe_allow_html=True)
+            with columns[3]:
+                kept_patches(paths.get(row.sample_id), row, width=95)
 
 
 def export_section(report: dict, inputs: data.CostInputs, max_drop: float, recommended: str | None,
@@ -402,7 +541,14 @@ def run_view(url: str, run_id: int, max_drop: float, inputs: data.CostInputs, ch
     recommended = data.recommended_arm(report, max_drop, metric, tuned)
     st.caption(f"Latencies measured on {data.machine_text(report.get('machine'))}, batch size "
                f"{report.get('batch_size')}.")
-    if not data.has_labels(report):
+    if metric in data.SCORE_METRICS:
+        st.caption(f"Open-ended answers: each pruned arm is judged by the change of its mean "
+                   f"{data.metric_title(metric)} against the reference answers, paired with the baseline on the same "
+                   "samples (bootstrap 95% intervals).")
+    elif metric in data.VS_BASELINE_METRICS:
+        st.caption(f"Open-ended answers: each pruned arm is judged by the {data.metric_title(metric)} of its answers "
+                   "(1 = the baseline's answer; no references needed), with a bootstrap 95% interval.")
+    elif not data.has_labels(report):
         st.caption("No labels in this run: each pruned arm is judged by how many of the baseline's answers it "
                    "changes (agreement), not by accuracy.")
     headline(report, max_drop, inputs, recommended, metric)
@@ -412,7 +558,7 @@ def run_view(url: str, run_id: int, max_drop: float, inputs: data.CostInputs, ch
     tradeoff_section(points, max_drop, metric, "an arm of this run (same samples, paired against the baseline)")
     if recommended is None and data.pruned_arms(report):
         st.caption("No arm is marked recommended: none meets the budget with confidence.")
-    evidence(url, info, report, key)
+    evidence(url, info, report, key, metric)
     export_section(report, inputs, max_drop, recommended, metric)
 
 
@@ -477,6 +623,8 @@ def study_view(url: str, study: dict, max_drop: float, inputs: data.CostInputs, 
         st.markdown("### Trials")
         values = trials["values"].map(lambda v: "" if v is None else ", ".join(f"{x:.4g}" for x in v))
         table = trials.assign(values=values)
+        # open-ended drops only where the study has them (a label study's table stays as it was)
+        table = table.drop(columns=[c for c in data.OPEN_DROPS if table[c].isna().all()])
         st.dataframe(table, hide_index=True, width="stretch")
 
 

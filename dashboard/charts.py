@@ -419,10 +419,11 @@ def kept_overlays(image_path: str | Path, visual_tokens: Any, kept_indices: Any,
     stages = [list(s) for s in (kept_indices or []) if isinstance(s, list | tuple)]
     if not stages:
         return [], [], "No kept indices stored for this arm (no pruning stage)."
-    try:
-        with Image.open(image_path) as opened:
-            image = opened.convert("RGB")
-    except (OSError, ValueError) as error:
+    from pilot.data.images import ImageError, load_image
+
+    try:  # a path, or an image embedded in a Hugging Face dataset
+        image = load_image(image_path)
+    except (ImageError, OSError, ValueError) as error:
         return [], [], f"Image not available ({error})."
     total = sum(rows * (cols + int(newline)) for rows, cols, newline in grids)
     rows, cols, _ = grids[0]

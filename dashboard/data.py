@@ -6,6 +6,7 @@ the KPI math lives in ``pilot.metrics`` / ``pilot.summaries``; this module only 
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import re
@@ -21,9 +22,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
-from pilot.metrics import budget_verdict, metric_drop
-from pilot.plan import plan_comparison
+from pilot.metrics import METRICS, OPEN_TASKS, SCORE_METRICS, VS_BASELINE_METRICS, budget_verdict, metric_drop
+from pilot.plan import TITLES, plan_comparison
 from pilot.report import finite_number
+from pilot.report import open_ended as open_ended  # re-exported: the app asks it
 from pilot.store import models as db
 from pilot.store.session import DEFAULT_URL, normalise_url
 from pilot.summaries import BASELINE, build_report
@@ -219,9 +221,10 @@ def stamp(info: dict) -> tuple:
 
 SAMPLE_COLUMNS = ("sample_id", "label", "prediction", "answer_text", "correct", "prefill_ms", "total_ms",
                   "batch_size", "paper_tflops", "full_tflops", "visual_tokens", "visual_tokens_kept",
-                  "tokens_per_layer", "kept_indices", "image_grids", "peak_memory_mb", "error")
+                  "tokens_per_layer", "kept_indices", "image_grids", "peak_memory_mb", "error", "task", "references",
+                  "scores", "finish_reason")
 # Columns added by later revisions: a store the dashboard reads without upgrading it may lack them (None then).
-LATER_COLUMNS = ("image_grids",)
+LATER_COLUMNS = ("image_grids", "task", "references", "scores", "finish_reason")
 
 
 def load_samples(engine: Engine, run_id: int) -> pd.DataFrame:
@@ -239,6 +242,11 @@ def load_samples(engine: Engine, run_id: int) -> pd.DataFrame:
         if name not in frame:
             frame[name] = None
     return frame[["arm", "strategy", "position", *SAMPLE_COLUMNS]]
+
+
+def blank(value: Any) -> bool:
+    """None or NaN: pandas 3 stores a missing text as NaN in a column of strings (``error`` of a run with errors)."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def normalise_prediction(prediction: Any, labels: Sequence[str]) -> str | None:
@@ -272,7 +280,7 @@ def disagreements(samples: pd.DataFrame, pruned_arm: str, labels: Sequence[str],
     out = []
     for base in base_rows.itertuples(index=False):
         other = pruned_by_id.get(base.sample_id)
-        if other is None or base.error is not None or other.error is not None:
+        if other is None or not blank(base.error) or not blank(other.error):
             continue
         b = normalise_prediction(base.prediction, labels)
         p = normalise_prediction(other.prediction, labels)
@@ -305,25 +313,148 @@ def tokens_per_layer(samples: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["arm", "strategy", "layer", "tokens"])
 
 
+# The per-sample score a task's answers are ranked by when the chosen metric does not apply to them.
+TASK_SCORE = {"text": "anls", "json": "field_f1"}
+WORST_COLUMNS = ["sample_id", "task", "drop", "basis", "baseline_score", "pruned_score", "similarity",
+                 "similarity_basis", "changed", "baseline_text", "pruned_text", "references", "baseline_scores",
+                 "pruned_scores", "pruned_finish", "visual_tokens", "kept_indices", "tokens_per_layer", "strategy",
+                 "image_grids"]
+
+
+def _answer(row: Any) -> str | None:
+    """The generated answer of a result row (the prediction for rows stored without it)."""
+    for value in (row.answer_text, row.prediction):
+        if isinstance(value, str):
+            return value
+    return None
+
+
+def worst_hit_answers(samples: pd.DataFrame, pruned_arm: str, metric: str = "anls",
+                      baseline_arm: str | None = None) -> pd.DataFrame:
+    """The open-ended samples of ``pruned_arm``, the ones it lost most on first.
+
+    The drop of a sample is its baseline score minus its pruned score against the references, on ``metric`` when
+    both arms' scores have it, else on its task's own score (text: ANLS, json: field F1); for a sample without
+    references, or when ``metric`` is a similarity to the baseline (``anls_vs_baseline``, ``token_f1_vs_baseline``),
+    it is 1 - that similarity of the pruned answer to the baseline's (ANLS by default). ``basis`` names what the
+    drop is on; ``similarity`` is the pruned answer's similarity to the baseline's, ``similarity_basis`` its measure
+    (``anls_vs_baseline`` unless ``metric`` is ``token_f1_vs_baseline``). Samples where either arm errored or has
+    no answer, and label-task samples, are left out; ties keep the baseline's order.
+    """
+    from pilot.scoring import score_vs_baseline  # plain Python and rapidfuzz: no torch
+
+    if samples.empty:
+        return pd.DataFrame(columns=WORST_COLUMNS)
+    base_rows = (samples[samples["strategy"] == BASELINE] if baseline_arm is None
+                 else samples[samples["arm"] == baseline_arm])
+    pruned_by_id = {row.sample_id: row for row in samples[samples["arm"] == pruned_arm].itertuples(index=False)}
+    similarity_key = metric if metric in VS_BASELINE_METRICS else "anls_vs_baseline"
+    out = []
+    for base in base_rows.itertuples(index=False):
+        other = pruned_by_id.get(base.sample_id)
+        if other is None or not blank(base.error) or not blank(other.error) or base.task not in OPEN_TASKS:
+            continue
+        before, after = _answer(base), _answer(other)
+        if before is None or after is None:
+            continue
+        similar = score_vs_baseline(after, before)
+        similarity = float(similar[similarity_key])
+        base_scores = base.scores if isinstance(base.scores, dict) else {}
+        pruned_scores = other.scores if isinstance(other.scores, dict) else {}
+        basis, base_score, pruned_score = similarity_key, None, None
+        if metric not in VS_BASELINE_METRICS:
+            for key in (metric, TASK_SCORE.get(base.task)):
+                if num(base_scores.get(key)) is not None and num(pruned_scores.get(key)) is not None:
+                    basis, base_score, pruned_score = key, num(base_scores[key]), num(pruned_scores[key])
+                    break
+        drop = 1.0 - similarity if base_score is None else base_score - pruned_score
+        references = base.references if isinstance(base.references, list | tuple) else []
+        out.append({
+            "sample_id": base.sample_id, "task": base.task, "drop": drop + 0.0, "basis": basis,
+            "baseline_score": base_score, "pruned_score": pruned_score, "similarity": similarity,
+            "similarity_basis": similarity_key, "changed": bool(similar["changed"]), "baseline_text": before,
+            "pruned_text": after, "references": [str(r) for r in references], "baseline_scores": base_scores or None,
+            "pruned_scores": pruned_scores or None,
+            "pruned_finish": None if blank(other.finish_reason) else other.finish_reason,
+            "visual_tokens": other.visual_tokens, "kept_indices": other.kept_indices,
+            "tokens_per_layer": other.tokens_per_layer, "strategy": other.strategy, "image_grids": other.image_grids,
+        })
+    out.sort(key=lambda row: -row["drop"])  # stable: ties stay in the baseline's order
+    return pd.DataFrame(out, columns=WORST_COLUMNS)
+
+
+_WORD = re.compile(r"\S+\s*")
+# Answers are untrusted text shown through Markdown with HTML allowed: one pass turns the HTML specials and every
+# character Markdown (or its LaTeX extension) could read as syntax into entities, and newlines into <br> so that a
+# blank line in an answer cannot end the HTML block and hand the rest to the Markdown parser.
+_ENTITIES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;", "*": "&#42;",
+                           "_": "&#95;", "`": "&#96;", "[": "&#91;", "]": "&#93;", "~": "&#126;", "#": "&#35;",
+                           "\\": "&#92;", "$": "&#36;", "|": "&#124;", "\n": "<br>", "\r": "", "\t": "&#9;"})
+DEL_STYLE = "color:#b42318;background:#fee4e2"
+INS_STYLE = "color:#067647;background:#dcfae6;text-decoration:none"
+
+
+def html_text(text: str) -> str:
+    """``text`` safe to put inside HTML rendered by ``st.markdown(..., unsafe_allow_html=True)``."""
+    return text.translate(_ENTITIES)
+
+
+def _marked(tag: str, style: str, words: Sequence[str]) -> str:
+    """A run of changed words in one tag, the whitespace after the last word outside it."""
+    joined = "".join(words)
+    core = joined.rstrip()
+    return f'<{tag} style="{style}">{html_text(core)}</{tag}>{html_text(joined[len(core):])}'
+
+
+def word_diff(before: str, after: str) -> tuple[str, str]:
+    """A word-level diff (difflib) of two answers as two HTML strings: ``before`` with the words the change removed
+    struck through in red (``<del>``), ``after`` with the words it added in green (``<ins>``). Every word is
+    HTML-escaped (``html_text``); whitespace and line breaks are kept."""
+    old, new = _WORD.findall(before.lstrip()), _WORD.findall(after.lstrip())
+    matcher = difflib.SequenceMatcher(None, [w.rstrip() for w in old], [w.rstrip() for w in new], autojunk=False)
+    left, right = [], []
+    for op, i1, i2, j1, j2 in matcher.get_opcodes():
+        if op == "equal":
+            left.append(html_text("".join(old[i1:i2])))
+            right.append(html_text("".join(new[j1:j2])))
+            continue
+        if i2 > i1:
+            left.append(_marked("del", DEL_STYLE, old[i1:i2]))
+        if j2 > j1:
+            right.append(_marked("ins", INS_STYLE, new[j1:j2]))
+    return "".join(left), "".join(right)
+
+
 def image_paths(manifest_path: str | None, labels: Sequence[str] | None = None,
-                prompt_template: str | None = None, demo: bool = False) -> dict[str, Path]:
-    """Sample id -> image path from the run's manifest (torch-free); ``{}`` when the manifest cannot be read."""
-    from pilot.data.manifest import ManifestError, load_manifest
+                prompt_template: str | None = None, demo: bool = False,
+                options: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
+    """Sample id -> its image (a path, or an image embedded in a Hugging Face dataset, read when shown) from the
+    run's dataset (torch-free); ``{}`` when it cannot be read. ``options``: the run's dataset options (task,
+    columns, split) as (name, value) pairs."""
+    from pilot.data.hf import open_dataset
+    from pilot.data.manifest import ManifestError
 
     candidates = [Path(manifest_path)] if manifest_path else []
     if demo:
         candidates.append(DEMO_MANIFEST)
     for candidate in candidates:
-        if not candidate.is_file():
+        if not candidate.exists():
             continue
         try:
-            # Only ids and paths are read: a fixed question never fails on a manifest without labels.
-            dataset = load_manifest(candidate, labels=list(labels) if labels else None,
-                                    prompt_template=prompt_template or "-")
+            # Only ids and images are read: a fixed question never fails on a manifest without labels.
+            dataset = open_dataset(candidate, labels=list(labels) if labels else None,
+                                   prompt_template=prompt_template or "-", **dict(options))
         except (ManifestError, OSError, TypeError, ValueError):
             continue
-        return {item.id: Path(item.image) for item in dataset.items}
+        return {item.id: item.image for item in dataset.items}
     return {}
+
+
+def dataset_options(settings: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    """The run's dataset options (``pilot.runner.RunSettings``) as ``image_paths`` takes them (hashable)."""
+    names = {"task": "task", "image_column": "image_column", "question_column": "question_column",
+             "answer_column": "answer_column", "dataset_split": "split"}
+    return tuple((option, settings[key]) for key, option in names.items() if settings.get(key))
 
 
 # ---------------------------------------------------------------- formatting
@@ -409,20 +540,32 @@ def machine_text(machine: Mapping[str, Any] | None) -> str:
 
 
 def metric_key(metric: str | None) -> str:
-    """The study's or user's metric name as ``budget_verdict`` wants it: "f1", "accuracy" or "agreement"."""
-    if metric and metric.lower().startswith("acc"):
+    """The study's or user's metric name as ``budget_verdict`` wants it: "f1", "accuracy", "agreement", or an
+    open-ended score (``pilot.metrics.SCORE_METRICS``, ``VS_BASELINE_METRICS``) by its own name."""
+    name = (metric or "").lower()
+    if name in METRICS:
+        return name
+    if name.startswith("acc"):
         return "accuracy"
-    if metric and metric.lower().startswith("agree"):
+    if name.startswith("agree"):
         return "agreement"
     return "f1"
 
 
 def metric_title(metric: str) -> str:
-    return {"accuracy": "accuracy", "agreement": "agreement with baseline"}.get(metric_key(metric), "macro-F1")
+    key = metric_key(metric)
+    return {"f1": "macro-F1", "accuracy": "accuracy", "agreement": "agreement with baseline"}.get(key, TITLES[key])
 
 
 METRIC_CHOICES = {"auto": "auto (macro-F1; agreement without labels)", "f1": "macro-F1", "accuracy": "accuracy",
                   "agreement": "answers changed (no labels needed)"}
+# Continuous metrics of open-ended answers the sidebar offers when a run (or a study's trials) has them.
+OPEN_CHOICES = {"anls": "ANLS (against references)", "exact_match": "exact match (against references)",
+                "token_f1": "token F1 (against references)",
+                "relaxed_accuracy": "relaxed accuracy (against references)",
+                "field_f1": "JSON field F1 (against references)",
+                "anls_vs_baseline": "ANLS to baseline (no references needed)",
+                "token_f1_vs_baseline": "token F1 to baseline (no references needed)"}
 
 
 def has_labels(report: Mapping[str, Any]) -> bool:
@@ -431,10 +574,47 @@ def has_labels(report: Mapping[str, Any]) -> bool:
     return not arms or any(a.get("n_labelled") is None or a.get("n_labelled") > 0 for a in arms)
 
 
+def run_metrics(report: Mapping[str, Any]) -> list[str]:
+    """The open-ended metrics (``OPEN_CHOICES`` order) a run has values of: a score against references when an arm
+    has its mean or a pruned arm its paired change, a similarity to the baseline when a pruned arm has it."""
+    arms = report.get("arms") or []
+    out = []
+    for metric in OPEN_CHOICES:
+        if metric in VS_BASELINE_METRICS:
+            present = any((a.get("vs_baseline") or {}).get(metric) is not None for a in arms)
+        else:
+            present = any(a.get(metric) is not None or (a.get("vs_baseline") or {}).get(f"{metric}_delta") is not None
+                          for a in arms)
+        if present:
+            out.append(metric)
+    return out
+
+
+def trial_metrics(trials: pd.DataFrame, study_metric: str | None = None) -> list[str]:
+    """The open-ended metrics a study's trials carry a drop of (``{key}_drop``), and the study's own metric."""
+    own = metric_key(study_metric) if study_metric else None
+    return [m for m in OPEN_CHOICES if m == own or (f"{m}_drop" in trials and trials[f"{m}_drop"].notna().any())]
+
+
+def metric_choices(metrics: Sequence[str] = (), auto: str | None = None) -> dict[str, str]:
+    """The sidebar's "Budget on" choices: ``METRIC_CHOICES`` (exactly, without ``metrics``), then the open-ended
+    ``metrics`` the run or study has; ``auto`` is what "auto" resolves to, named in its label when it is one of
+    them."""
+    extra = {m: OPEN_CHOICES[m] for m in metrics if m in OPEN_CHOICES}
+    if not extra:
+        return dict(METRIC_CHOICES)
+    label = f"auto ({metric_title(auto)})" if auto else METRIC_CHOICES["auto"]
+    return {**METRIC_CHOICES, "auto": label, **extra}
+
+
 def resolve_metric(choice: str | None, report: Mapping[str, Any]) -> str:
-    """The sidebar's metric choice for a run: "auto" is macro-F1, or agreement when no sample has a label."""
+    """The sidebar's metric choice for a run: "auto" is macro-F1, or without labels the run's open-ended score
+    against references (ANLS, else JSON field F1), else ANLS to the baseline's open-ended answers, else agreement."""
     if choice in (None, "auto"):
-        return "f1" if has_labels(report) else "agreement"
+        if has_labels(report):
+            return "f1"
+        present = run_metrics(report)
+        return next((m for m in ("anls", "field_f1", "anls_vs_baseline") if m in present), "agreement")
     return metric_key(choice)
 
 
@@ -456,6 +636,12 @@ def verdict(arm: Mapping[str, Any], max_drop: float, metric: str = "f1") -> Verd
         return Verdict("unknown", "No verdict", "No comparison with a baseline arm.", {})
     v = budget_verdict(comparison, key, max_drop)
     if v["met"] is None:
+        if key in SCORE_METRICS and comparison.get("n_paired"):
+            return Verdict("unknown", "No verdict", f"No paired samples with reference answers, so no {name} "
+                           "verdict: set the budget on ANLS to baseline (sidebar).", v)
+        if key in VS_BASELINE_METRICS and comparison.get("n_paired"):
+            return Verdict("unknown", "No verdict", f"No open-ended answers paired with the baseline's, so no {name} "
+                           "verdict.", v)
         if key != "agreement" and comparison.get("n_paired") and not comparison.get("n_labelled", 1):
             return Verdict("unknown", "No verdict", f"No labelled samples, so no {name} verdict: set the budget on "
                            "answers changed (sidebar).", v)
@@ -464,6 +650,10 @@ def verdict(arm: Mapping[str, Any], max_drop: float, metric: str = "f1") -> Verd
         budget = f"{pct(max_drop)} of answers changed"
         change = f"{pct(v['drop'])} of answers change"
         high = pct(v["drop_ci_high"])
+    elif key in VS_BASELINE_METRICS:  # a similarity to the baseline's answers: 1 when nothing changed
+        budget = pts(max_drop, signed=False)
+        change = f"{name} {fixed(1 - v['drop'])}, a drop of {pts(v['drop'], signed=False)} from identical answers"
+        high = pts(v["drop_ci_high"], signed=False) if v["drop_ci_high"] is not None else MISSING
     else:
         budget = pts(max_drop, signed=False)
         change = (f"{name} drop {pts(v['drop'], signed=False)}" if v["drop"] >= 0
@@ -477,9 +667,11 @@ def verdict(arm: Mapping[str, Any], max_drop: float, metric: str = "f1") -> Verd
     if v["met"]:
         settle = "more samples would settle it."
         if plan["more_needed"]:
-            verb = "run about" if key == "agreement" else "label about"
+            verb = ("run about" if key in ("agreement", *VS_BASELINE_METRICS) else
+                    "get reference answers for about" if key in SCORE_METRICS else "label about")
+            spread = "spread" if key in (*SCORE_METRICS, *VS_BASELINE_METRICS) else "discordance"
             settle = (f"{verb} {plan['more_needed']:,} more images ({plan['samples_needed']:,} paired samples in "
-                      "all) to settle it, if the observed drop and discordance hold.")
+                      f"all) to settle it, if the observed drop and {spread} hold.")
         return Verdict("met", "Budget met (not yet with confidence)",
                        f"{change}, within the budget of {budget}, but the 95% upper bound of the drop is {high}: "
                        f"{settle}", v, plan)
@@ -517,21 +709,41 @@ def compute_saved(arm: Mapping[str, Any]) -> float | None:
     return None if ratio is None else 1.0 - ratio
 
 
-def arm_tiles(arm: Mapping[str, Any], baseline: Mapping[str, Any] | None) -> list[Tile]:
-    """The KPI tiles of a pruned arm against the baseline, formatted as the page shows them."""
+def quality_tile(vs: Mapping[str, Any], metric: str) -> Tile | None:
+    """The quality tile of an open-ended ``metric`` (its change against references, or the similarity to the
+    baseline's answers) with its 95% interval; None for the label metrics."""
+    key = metric_key(metric)
+    title = metric_title(key)
+    if key in SCORE_METRICS:
+        return Tile(f"{key}_change", f"{title[0].upper()}{title[1:]} change", pts(vs.get(f"{key}_delta")),
+                    f"CI {ci_pts(vs.get(f'{key}_delta_ci'))}", "off",
+                    f"Pruned minus baseline mean {title} against the reference answers, on the same samples "
+                    f"({vs.get(f'{key}_n') or 0} with references), in points; below: paired bootstrap 95% CI")
+    if key in VS_BASELINE_METRICS:
+        ci = vs.get(f"{key}_ci") or [None, None]
+        return Tile(key, title, fixed(vs.get(key)), f"CI [{fixed(ci[0])}, {fixed(ci[1])}]", "off",
+                    f"Mean {title.removesuffix(' to baseline')} of each pruned answer against the baseline's answer "
+                    "(1 = unchanged; no references needed); below: bootstrap 95% CI")
+    return None
+
+
+def arm_tiles(arm: Mapping[str, Any], baseline: Mapping[str, Any] | None, metric: str | None = None) -> list[Tile]:
+    """The KPI tiles of a pruned arm against the baseline, formatted as the page shows them; the quality tile
+    follows ``metric`` when it is an open-ended one (macro-F1, or agreement without labels, otherwise)."""
     vs = arm.get("vs_baseline") or {}
     base = baseline or {}
     kept, total = num(arm.get("visual_tokens_kept")), num(base.get("visual_tokens_kept"))
     tokens = None if kept is None else (f"{kept:,.0f}/{total:,.0f} tokens" if total else f"{kept:,.0f} tokens")
     prefill, total_ratio = num(vs.get("prefill_ratio")), num(vs.get("total_ratio"))
     invalid, base_invalid = num(arm.get("invalid_rate")), num(base.get("invalid_rate"))
-    if vs.get("f1_delta") is None and vs.get("agreement") is not None:  # no labels: agreement in the quality tile
+    quality = quality_tile(vs, metric) if metric else None
+    if quality is None and vs.get("f1_delta") is None and vs.get("agreement") is not None:  # no labels: agreement
         ci = vs.get("agreement_ci") or [None, None]
         quality = Tile("agreement", "Answers unchanged", pct(vs.get("agreement")),
                        f"CI [{pct(ci[0])}, {pct(ci[1])}]", "off",
                        "Share of samples the pruned arm answers as the baseline does (no labels needed); below: "
                        "Wilson 95% interval")
-    else:
+    elif quality is None:
         quality = Tile("f1_change", "Macro-F1 change", pts(vs.get("f1_delta")), f"CI {ci_pts(vs.get('f1_delta_ci'))}",
                        "off", "Pruned minus baseline macro-F1 on the same samples, in points; below: paired bootstrap "
                        "95% CI")
@@ -686,8 +898,10 @@ def list_studies(engine: Engine, url: str) -> list[dict]:
     return studies
 
 
-TRIAL_COLUMNS = ["trial", "state", "values", "strategy", "f1_drop", "accuracy_drop", "agreement_drop", "drop_ci_high",
-                 "paper_tflops_ratio", "prefill_ratio", "feasible", "evaluated_samples"]
+# The open-ended metrics' drops (``{key}_drop``, as the tuner stores them) follow the label ones.
+OPEN_DROPS = [f"{m}_drop" for m in METRICS if m not in ("f1", "accuracy", "agreement")]
+TRIAL_COLUMNS = ["trial", "state", "values", "strategy", "f1_drop", "accuracy_drop", "agreement_drop", *OPEN_DROPS,
+                 "drop_ci_high", "paper_tflops_ratio", "prefill_ratio", "feasible", "evaluated_samples"]
 
 
 def load_trials(url: str, optuna_study_name: str) -> pd.DataFrame:
@@ -704,6 +918,7 @@ def load_trials(url: str, optuna_study_name: str) -> pd.DataFrame:
             "values": list(trial.values) if trial.values is not None else None,
             "strategy": attrs.get("strategy"), "f1_drop": num(attrs.get("f1_drop")),
             "accuracy_drop": num(attrs.get("accuracy_drop")), "agreement_drop": num(attrs.get("agreement_drop")),
+            **{column: num(attrs.get(column)) for column in OPEN_DROPS},
             "drop_ci_high": num(attrs.get("drop_ci_high")),
             "paper_tflops_ratio": num(attrs.get("paper_tflops_ratio")),
             "prefill_ratio": num(attrs.get("prefill_ratio")), "feasible": None if feasible is None else bool(feasible),

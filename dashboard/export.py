@@ -186,23 +186,28 @@ def build_html(report: Mapping[str, Any], inputs: data.CostInputs, max_drop: flo
                "invalid answers", "agreement", "McNemar p", "verdict"]
     rows = []
     for arm in report.get("arms") or []:
-        tiles = {t.key: t for t in data.arm_tiles(arm, base)}
+        tiles = {t.key: t for t in data.arm_tiles(arm, base, metric)}
         vs = arm.get("vs_baseline") or {}
         is_base = arm.get("strategy") == data.BASELINE
+        chosen = data.quality_tile(vs, metric)  # an open-ended metric's change or similarity, with its interval
+        key = data.metric_key(metric)
         rows.append([
             arm["name"], "baseline" if is_base else tiles["compute_saved"].value,
             data.ms(arm.get("prefill_ms_p50")) if is_base else tiles["prefill"].value,
             data.ms(arm.get("total_ms_p50")) if is_base else tiles["total"].value,
-            data.fixed(arm.get("f1_macro")) if is_base else (tiles.get("f1_change") or tiles["agreement"]).value,
-            "" if is_base else data.ci_pts(vs.get("f1_delta_ci")) if "f1_change" in tiles
+            (data.fixed(arm.get(key)) if key in data.SCORE_METRICS else data.fixed(arm.get("f1_macro"))) if is_base
+            else (chosen or tiles.get("f1_change") or tiles["agreement"]).value,
+            "" if is_base else chosen.delta.removeprefix("CI ") if chosen
+            else data.ci_pts(vs.get("f1_delta_ci")) if "f1_change" in tiles
             else tiles["agreement"].delta,
             tiles["invalid"].value, data.pct(vs.get("agreement")) if vs else "",
             data.fixed(vs.get("mcnemar_p")) if vs else "",
             "" if is_base else data.verdict(arm, max_drop, metric).label,
         ])
     parts.append(_table(headers, rows))
+    absolute = metric_name if data.metric_key(metric) in data.SCORE_METRICS else "macro-F1"
     parts.append("<p class='note'>Compute saved = 1 − paper TFLOPs ratio (mean of per-sample ratios). Latency changes "
-                 "compare medians. Baseline rows show absolute p50 latency and macro-F1.</p>")
+                 f"compare medians. Baseline rows show absolute p50 latency and {_e(absolute)}.</p>")
 
     parts.append("<h2>Monthly cost</h2>")
     parts.append(f"<p>Inputs: {_e(inputs.describe())}. GPU-hours per month = images × p50 total latency / "

@@ -8,6 +8,22 @@ import os
 import sys
 from pathlib import Path
 
+# Budget metrics: label KPIs, open-ended scores against references, and label-free similarity to the baseline.
+METRIC_CHOICES = ["f1", "f1_macro", "accuracy", "agreement", "exact_match", "anls", "token_f1", "relaxed_accuracy",
+                  "field_f1", "field_precision", "field_recall", "anls_vs_baseline", "token_f1_vs_baseline"]
+METRIC_HELP = ("the budget's metric: f1/accuracy (labels), anls, exact_match, token_f1, relaxed_accuracy, field_f1 "
+               "(open-ended answers against references), agreement or anls_vs_baseline / token_f1_vs_baseline "
+               "(label-free: answers compared with the baseline's)")
+
+
+def _dataset_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--task", choices=["label", "text", "json"],
+                        help="every row's task (default: the manifest's task column, else label)")
+    parser.add_argument("--image-column", help="Hugging Face dataset: the image column (default image)")
+    parser.add_argument("--question-column", help="Hugging Face dataset: the question column (default question)")
+    parser.add_argument("--answer-column", help="Hugging Face dataset: the reference answers (default answer)")
+    parser.add_argument("--split", help="Hugging Face dataset: the split to read (e.g. test)")
+
 
 def _flops(args: argparse.Namespace) -> int:
     from pilot.pruning.flops import default_visual_tokens, estimate, load_dims
@@ -49,7 +65,9 @@ def _run(args: argparse.Namespace) -> int:
                  "batch_size": args.batch_size, "device": args.device, "dtype": args.dtype,
                  "max_new_tokens": args.max_new_tokens,
                  "labels": args.labels.split(",") if args.labels else None, "prompt_template": args.prompt_template,
-                 "no_labels": args.no_labels or None, "controls": args.controls}
+                 "no_labels": args.no_labels or None, "controls": args.controls, "task": args.task,
+                 "image_column": args.image_column, "question_column": args.question_column,
+                 "answer_column": args.answer_column, "dataset_split": args.split}
     data.update({key: value for key, value in overrides.items() if value is not None})
     settings = RunSettings.from_dict(data, args.study or "flags")
     try:
@@ -82,13 +100,11 @@ def _plan(args: argparse.Namespace) -> int:
     sessions = open_store(args.db)
     with sessions() as session:
         report = build_report(session, find_run(session, args.run).id)
-    metric = args.metric
-    from pilot.report import labelled_none
+    from pilot.report import budget_metric
 
-    if labelled_none(report["arms"]) and metric != "agreement":
-        metric = "agreement"  # a run without labels: the share of changed answers is the only drop it has
-        print(f"run {report['run_id']} has no labels: budget on the share of changed answers (--metric agreement)",
-              file=sys.stderr)
+    metric = budget_metric(report["arms"], args.metric)
+    if metric != args.metric:  # a run without labels: the drop it has instead
+        print(f"run {report['run_id']} has no labels: budget on --metric {metric}", file=sys.stderr)
     plans = plan_report(report, args.max_drop, metric)
     if args.json:
         print(json.dumps(plan_rows(plans)))
@@ -141,6 +157,8 @@ def _tune(args: argparse.Namespace) -> int:
         multi_objective=args.multi_objective, trials=args.trials, timeout_s=args.timeout, study=args.study,
         seed=args.seed, heldout_fraction=args.heldout_fraction, batch_size=args.batch_size, device=args.device,
         dtype=args.dtype, limit=args.limit, max_new_tokens=args.max_new_tokens, no_labels=args.no_labels,
+        task=args.task, image_column=args.image_column, question_column=args.question_column,
+        answer_column=args.answer_column, dataset_split=args.split,
     )
     result = tune(settings, db_url=args.db, progress=not args.json and sys.stderr.isatty(), verbose=args.verbose)
     if args.json:
@@ -185,7 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("study", nargs="?", help="YAML study file with the same settings (flags override it)")
     run.add_argument("--model", help="local checkpoint folder: LLaVA-1.5, LLaVA-NeXT, Qwen2.5-VL, Qwen3-VL "
                                      "(default: the embedded demo)")
-    run.add_argument("--dataset", help="manifest.csv / .jsonl (default: the demo dataset)")
+    run.add_argument("--dataset", help="manifest.csv / .jsonl, a Hugging Face dataset (save_to_disk folder, "
+                                       "parquet file or folder, imagefolder with metadata.jsonl, hub id) "
+                                       "(default: the demo dataset)")
+    _dataset_flags(run)
     run.add_argument("--arm", action="append", help="strategy string; repeat (default: baseline, transprune)")
     run.add_argument("--name", help="run name (rerunning a name resumes it)")
     run.add_argument("--resume", metavar="RUN", help="finish an interrupted run (id or name)")
@@ -193,7 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--batch-size", type=int)
     run.add_argument("--device", help="cpu or cuda")
     run.add_argument("--dtype", help="float32, bfloat16 or float16")
-    run.add_argument("--max-new-tokens", type=int)
+    run.add_argument("--max-new-tokens", type=int,
+                     help="new tokens per answer (default per task: label 4, text 32, json 256; all stop at the "
+                          "end of sequence)")
     run.add_argument("--labels", help="declared label set, comma separated (default: inferred)")
     run.add_argument("--prompt-template", help="question for rows without one; {labels} is replaced")
     run.add_argument("--no-labels", action="store_true",
@@ -210,15 +233,13 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--db")
     report.add_argument("--json", action="store_true")
     report.add_argument("--max-drop", type=float, default=0.01, help="budget for the samples-needed table")
-    report.add_argument("--metric", default="f1", choices=["f1", "f1_macro", "accuracy", "agreement"],
-                        help="agreement: the budget is the largest share of answers that change (no labels needed)")
+    report.add_argument("--metric", default="f1", choices=METRIC_CHOICES, help=METRIC_HELP)
     report.set_defaults(func=_report)
 
     plan = commands.add_parser("plan", help="paired samples each pruned arm's verdict needs, for a budget")
     plan.add_argument("run", help="run id or name")
     plan.add_argument("--max-drop", type=float, required=True, help="budget: largest allowed drop (0.01 = 1 pt)")
-    plan.add_argument("--metric", default="f1", choices=["f1", "f1_macro", "accuracy", "agreement"],
-                      help="agreement: the budget is the largest share of answers that change (no labels needed)")
+    plan.add_argument("--metric", default="f1", choices=METRIC_CHOICES, help=METRIC_HELP)
     plan.add_argument("--db")
     plan.add_argument("--json", action="store_true", help="print one JSON list, one object per pruned arm")
     plan.set_defaults(func=_plan)
@@ -242,10 +263,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     tune_parser = commands.add_parser("tune", help="find the cheapest schedule within an accuracy budget")
     tune_parser.add_argument("--model", help="checkpoint folder (default: the embedded demo)")
-    tune_parser.add_argument("--dataset", help="manifest (default: the demo dataset)")
+    tune_parser.add_argument("--dataset", help="manifest or Hugging Face dataset (default: the demo dataset)")
+    _dataset_flags(tune_parser)
     tune_parser.add_argument("--labels", help="declared label set, comma separated")
-    tune_parser.add_argument("--metric", default="f1_macro", choices=["f1_macro", "accuracy", "agreement"],
-                             help="agreement: at most --max-drop of the answers change (no labels needed)")
+    tune_parser.add_argument("--metric", default="f1_macro", choices=[m for m in METRIC_CHOICES if m != "f1"],
+                             help=METRIC_HELP)
     tune_parser.add_argument("--no-labels", action="store_true",
                              help="ignore the manifest's labels (the budget is then --metric agreement)")
     tune_parser.add_argument("--max-drop", type=float, default=0.01, help="budget: largest allowed drop (0.01 = 1 pt)")
@@ -259,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune_parser.add_argument("--seed", type=int, default=0)
     tune_parser.add_argument("--heldout-fraction", type=float, default=0.5)
     tune_parser.add_argument("--batch-size", type=int, default=8)
-    tune_parser.add_argument("--max-new-tokens", type=int, default=4)
+    tune_parser.add_argument("--max-new-tokens", type=int, help="default per task: label 4, text 32, json 256")
     tune_parser.add_argument("--limit", type=int, help="first N samples of each split part")
     tune_parser.add_argument("--device", default="cpu")
     tune_parser.add_argument("--dtype", default="float32")

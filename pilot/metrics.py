@@ -29,7 +29,13 @@ from sklearn.metrics import f1_score
 
 INVALID = "invalid"
 UNLABELLED = ""  # pilot.data.manifest.UNLABELLED (no torch or data imports here)
-METRICS = ("f1", "accuracy", "agreement")
+OPEN_TASKS = ("text", "json")
+# Per-sample scores of open-ended answers against their references (pilot.scoring): text, then json fields.
+SCORE_METRICS = ("exact_match", "anls", "token_f1", "relaxed_accuracy", "field_precision", "field_recall",
+                 "field_f1")
+# Label-free, open-ended: each pruned answer scored against the baseline's answer (1.0: the same text).
+VS_BASELINE_METRICS = ("anls_vs_baseline", "token_f1_vs_baseline")
+METRICS = ("f1", "accuracy", "agreement", *SCORE_METRICS, *VS_BASELINE_METRICS)
 Z95 = 1.959963984540054
 
 # McNemar: below this many discordant pairs the exact binomial test is used, at or above it the
@@ -53,6 +59,25 @@ class Outcome:
     full_tflops: float | None = None
     visual_tokens_kept: int | None = None
     error: str | None = None
+    # Open-ended tasks and generation (None for results stored before them: a label task).
+    task: str | None = None
+    scores: dict | None = None  # pilot.scoring's metrics of this answer against its references
+    answer_text: str | None = None
+    output_tokens: int | None = None
+    ttft_ms: float | None = None
+    tpot_ms: float | None = None
+    kv_cache_bytes: int | None = None
+    finish_reason: str | None = None  # "stop" or "length"
+    utf8_valid: bool | None = None
+
+    @property
+    def open_ended(self) -> bool:
+        return self.task in OPEN_TASKS
+
+    def score(self, metric: str) -> float | None:
+        """This answer's ``metric`` (SCORE_METRICS) against its references; None without one."""
+        value = (self.scores or {}).get(metric)
+        return None if value is None else float(value)
 
     @property
     def errored(self) -> bool:
@@ -179,7 +204,7 @@ def arm_kpis(outcomes: Sequence[Outcome], labels: Sequence[str]) -> dict:
     prefill = [o.prefill_ms for o in ok]
     total = [o.total_ms for o in ok]
     latency_n = sum(1 for o in ok if _finite([o.prefill_ms, o.total_ms]))
-    return {
+    return {**_open_ended_kpis(ok), **_generation_kpis(ok),
         "n": n,
         "n_labelled": len(scored),
         "errors": errors,
@@ -196,6 +221,33 @@ def arm_kpis(outcomes: Sequence[Outcome], labels: Sequence[str]) -> dict:
         "paper_tflops": _mean(o.paper_tflops for o in ok),
         "full_tflops": _mean(o.full_tflops for o in ok),
         "visual_tokens_kept": _mean(o.visual_tokens_kept for o in ok),
+    }
+
+
+def _open_ended_kpis(ok: Sequence[Outcome]) -> dict:
+    """Means of the open-ended scores over the answers that have them (``n_referenced``), and the share of
+    JSON answers that do not parse (counted wrong in the field scores, shown on their own)."""
+    scored = [o for o in ok if o.scores]
+    out: dict = {"n_referenced": len(scored)}
+    for metric in SCORE_METRICS:
+        out[metric] = _mean(o.score(metric) for o in scored)
+    parsed = [o.scores["json_valid"] for o in scored if "json_valid" in o.scores]
+    out["json_invalid_rate"] = (len(parsed) - sum(map(bool, parsed))) / len(parsed) if parsed else None
+    return out
+
+
+def _generation_kpis(ok: Sequence[Outcome]) -> dict:
+    """Generation as it is served: output tokens, time to first token, time per output token, the KV cache held;
+    open-ended answers cut at the token limit (``truncated_rate``) and answers that are not valid UTF-8."""
+    opened = [o for o in ok if o.open_ended and o.finish_reason is not None]
+    return {
+        "output_tokens": _mean(o.output_tokens for o in ok),
+        "ttft_ms_p50": _percentile((o.ttft_ms for o in ok), 50),
+        "ttft_ms_p95": _percentile((o.ttft_ms for o in ok), 95),
+        "tpot_ms_p50": _percentile((o.tpot_ms for o in ok), 50),
+        "kv_cache_bytes": _mean(o.kv_cache_bytes for o in ok),
+        "truncated_rate": sum(o.finish_reason == "length" for o in opened) / len(opened) if opened else None,
+        "not_utf8": sum(o.utf8_valid is False for o in ok),
     }
 
 
@@ -382,6 +434,9 @@ def compare(
         )
     agree, changes = _agreement(b_all, p_all, labels)
     out.update(agreement=agree / n if n else None, agreement_ci=wilson_interval(agree, n), answer_changes=changes)
+    rng = np.random.default_rng(seed + 1)  # its own stream: the label intervals above stay as they were
+    out.update(_score_deltas(b_all, p_all, rng, resamples))
+    out.update(_vs_baseline(b_all, p_all, rng, resamples))
 
     out.update(
         paper_tflops_ratio=_mean_of_ratios(b_all, p_all, "paper_tflops"),
@@ -391,6 +446,51 @@ def compare(
         prefill_ratio=_ratio_of_medians(b_all, p_all, "prefill_ms"),
         total_ratio=_ratio_of_medians(b_all, p_all, "total_ms"),
     )
+    return out
+
+
+def mean_ci(values: np.ndarray, rng: np.random.Generator, resamples: int) -> list[float] | None:
+    """Percentile bootstrap 95% interval of the mean of ``values`` (paired differences, or scores)."""
+    n = len(values)
+    if not n:
+        return None
+    counts = _resample_counts(rng.integers(0, n, size=(resamples, n)), n)
+    return _ci(counts @ values / n)
+
+
+def _score_deltas(b: Sequence[Outcome], p: Sequence[Outcome], rng: np.random.Generator, resamples: int) -> dict:
+    """Per open-ended score: the mean paired difference (pruned - baseline) over the samples scored in both
+    arms, its bootstrap 95% interval and ``n``."""
+    out: dict = {}
+    for metric in SCORE_METRICS:
+        pairs = [(ob.score(metric), op.score(metric)) for ob, op in zip(b, p, strict=True)]
+        diffs = np.array([y - x for x, y in pairs if x is not None and y is not None], dtype=np.float64)
+        out[f"{metric}_delta"] = float(diffs.mean()) + 0.0 if len(diffs) else None
+        out[f"{metric}_delta_ci"] = mean_ci(diffs, rng, resamples)
+        out[f"{metric}_delta_sd"] = float(diffs.std(ddof=1)) if len(diffs) > 1 else None  # for pilot.plan
+        out[f"{metric}_n"] = len(diffs)
+    return out
+
+
+def _vs_baseline(b: Sequence[Outcome], p: Sequence[Outcome], rng: np.random.Generator, resamples: int) -> dict:
+    """Open-ended answers without references: each pruned answer scored against the baseline's (ANLS and token
+    F1 with bootstrap 95% intervals), the share of answers that changed (Wilson 95%) and the mean change in
+    answer length (characters, pruned - baseline)."""
+    from pilot.scoring import score_vs_baseline
+
+    pairs = [(ob, op) for ob, op in zip(b, p, strict=True)
+             if ob.open_ended and ob.answer_text is not None and op.answer_text is not None]
+    scores = [score_vs_baseline(op.answer_text, ob.answer_text) for ob, op in pairs]
+    out: dict = {"vs_baseline_n": len(pairs)}
+    for metric in VS_BASELINE_METRICS:
+        values = np.array([s[metric] for s in scores], dtype=np.float64)
+        out[metric] = float(values.mean()) if len(values) else None
+        out[f"{metric}_ci"] = mean_ci(values, rng, resamples)
+        out[f"{metric}_sd"] = float(values.std(ddof=1)) if len(values) > 1 else None  # for pilot.plan
+    changed = sum(bool(s["changed"]) for s in scores)
+    out["answers_changed"] = changed / len(scores) if scores else None
+    out["answers_changed_ci"] = wilson_interval(changed, len(scores))
+    out["length_change_chars"] = _mean(s["length_change_chars"] for s in scores)
     return out
 
 
@@ -413,13 +513,14 @@ def _agreement(b: Sequence[Outcome], p: Sequence[Outcome], labels: list[str]) ->
 
 
 def metric_drop(comparison: dict, metric: str) -> tuple[float | None, float | None, float | None]:
-    """(drop, low end, high end of its 95% interval) of ``metric`` ("f1", "accuracy" or "agreement"); None where
-    the comparison has no value. f1 / accuracy: drop = -delta. Agreement: drop = the share of changed answers,
-    1 - agreement, its interval from the agreement's Wilson interval."""
+    """(drop, low end, high end of its 95% interval) of ``metric`` (one of METRICS); None where the comparison has
+    no value. f1, accuracy and the open-ended scores (SCORE_METRICS): drop = -delta, the mean paired difference.
+    Agreement: drop = the share of changed answers, 1 - agreement, its interval from the agreement's Wilson
+    interval; the similarities to the baseline (VS_BASELINE_METRICS): drop = 1 - the mean similarity."""
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {', '.join(METRICS)}, not {metric!r}")
-    if metric == "agreement":
-        value, ci = comparison.get("agreement"), comparison.get("agreement_ci")
+    if metric in ("agreement", *VS_BASELINE_METRICS):  # a similarity to the baseline: drop = 1 - it
+        value, ci = comparison.get(metric), comparison.get(f"{metric}_ci")
         drop = None if value is None else 1.0 - float(value) + 0.0
         if not ci or ci[0] is None:
             return drop, None, None

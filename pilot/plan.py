@@ -32,7 +32,16 @@ Wilson score interval (``pilot.metrics.wilson_interval``), whose upper end falls
 paired samples (no labels needed); unlike the normal approximation it stays finite and honest when no answer
 changed at all (p = 0: 188 samples for B = 2%).
 
-Both assume that the observed drop and spread hold on more data of the same kind. When the observed drop is
+Open-ended scores (ANLS, exact match, token F1, relaxed accuracy, JSON field F1 against references). The drop
+is the mean of the per-sample paired differences d_i = score_baseline - score_pruned, whose interval is a
+bootstrap of that mean; from the observed standard deviation s of the d_i, the normal approximation gives
+
+    n = ceil((Z * s / (B - D)) ** 2)
+
+(tests/test_plan.py checks it against simulation). The label-free similarities to the baseline (ANLS or token
+F1 of each pruned answer against the baseline's) are the same with d_i = 1 - similarity_i.
+
+All assume that the observed drop and spread hold on more data of the same kind. When the observed drop is
 already at or over the budget, more samples will not show the budget met: ``samples_needed`` is then ``None``
 with a ``reason``, as it is when there is no paired result or no discordance information.
 """
@@ -43,11 +52,15 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pilot.metrics import _BUDGET_TOL, budget_verdict
+from pilot.metrics import _BUDGET_TOL, SCORE_METRICS, VS_BASELINE_METRICS, budget_verdict
 
 Z = 1.959963984540054  # two-sided 95% interval -> its upper end is a one-sided 97.5% bound
-METRICS = {"f1": "f1", "f1_macro": "f1", "accuracy": "accuracy", "agreement": "agreement"}
-TITLES = {"f1": "macro-F1", "accuracy": "accuracy", "agreement": "answer change"}
+METRICS = {"f1": "f1", "f1_macro": "f1", "accuracy": "accuracy", "agreement": "agreement",
+           **{metric: metric for metric in (*SCORE_METRICS, *VS_BASELINE_METRICS)}}
+TITLES = {"f1": "macro-F1", "accuracy": "accuracy", "agreement": "answer change", "anls": "ANLS",
+          "exact_match": "exact match", "token_f1": "token F1", "relaxed_accuracy": "relaxed accuracy",
+          "field_f1": "JSON field F1", "field_precision": "JSON field precision", "field_recall": "JSON field recall",
+          "anls_vs_baseline": "ANLS to baseline", "token_f1_vs_baseline": "token F1 to baseline"}
 
 MET = "met with confidence on the current samples"
 WILL_NOT_HELP = "the observed drop already reaches the budget: more samples will not help"
@@ -60,7 +73,7 @@ def metric_key(metric: str | None) -> str:
     """``f1`` / ``f1_macro`` -> "f1", ``accuracy`` -> "accuracy", ``agreement`` -> "agreement"."""
     key = METRICS.get((metric or "f1").lower())
     if key is None:
-        raise ValueError(f"metric {metric!r}: use f1, accuracy or agreement")
+        raise ValueError(f"metric {metric!r}: use one of {', '.join(METRICS)}")
     return key
 
 
@@ -99,6 +112,14 @@ def samples_by_scaling(n_now: int, drop: float, drop_ci_high: float, max_drop: f
     return max(1, math.ceil(n_now * (half / gap) ** 2 - 1e-9))
 
 
+def samples_for_mean(drop: float, sd: float, max_drop: float, z: float = Z) -> int | None:
+    """Paired samples for the upper bound of a mean paired difference (spread ``sd`` per sample) to reach
+    ``max_drop``: ``ceil((z * sd / (max_drop - drop))**2)``; None when ``drop >= max_drop`` or ``sd`` is 0."""
+    if sd < 0:
+        raise ValueError(f"sd {sd}: a standard deviation is >= 0")
+    return _normal_n(sd * sd, max_drop - drop, z)
+
+
 def plan_comparison(comparison: Mapping[str, Any] | None, max_drop: float, metric: str = "f1") -> dict:
     """The sample-size plan of one pruned arm from its ``vs_baseline`` comparison (``pilot.metrics.compare``).
 
@@ -119,8 +140,13 @@ def plan_comparison(comparison: Mapping[str, Any] | None, max_drop: float, metri
     drop, high = verdict["drop"], verdict["drop_ci_high"]
     discordant = comparison.get("discordant") or {}
     discordance = None
+    sd = None
     if key == "agreement":
         discordance = drop  # the share of answers that change
+    elif key in SCORE_METRICS:
+        n, sd = int(comparison.get(f"{key}_n") or 0), comparison.get(f"{key}_delta_sd")
+    elif key in VS_BASELINE_METRICS:
+        n, sd = int(comparison.get("vs_baseline_n") or 0), comparison.get(f"{key}_sd")
     else:
         n = int(comparison.get("n_labelled", n) or 0)  # the label-based drops are on the labelled pairs
         if n and "baseline_only" in discordant and "pruned_only" in discordant:
@@ -136,6 +162,8 @@ def plan_comparison(comparison: Mapping[str, Any] | None, max_drop: float, metri
     needed, method = None, None
     if key == "agreement":
         needed, method = samples_for_agreement(drop, max_drop), "wilson"
+    elif key in SCORE_METRICS or key in VS_BASELINE_METRICS:
+        needed, method = (None, None) if sd is None else (samples_for_mean(drop, sd, max_drop), "observed spread")
     elif key == "f1" and high is not None and high - drop > 1e-12:
         needed, method = samples_by_scaling(n, drop, high, max_drop), "bootstrap scaling"
     elif discordance is not None:

@@ -237,6 +237,63 @@ def _cost_columns() -> list[tuple[str, _Cell]]:
     ]
 
 
+def _score_columns(arms: list[dict]) -> list[tuple[str, _Cell]]:
+    """Open-ended answers against their references: each score the run has, with its paired Δ and 95% CI."""
+    titles = {"anls": "ANLS", "exact_match": "exact match", "token_f1": "token F1", "relaxed_accuracy": "relaxed acc",
+              "field_f1": "field F1"}
+    columns: list[tuple[str, _Cell]] = [("n ref", lambda a, v: _int(a.get("n_referenced")))]
+    for metric, title in titles.items():
+        if any(a.get(metric) is not None for a in arms):
+            columns += [(title, lambda a, v, m=metric: _fixed(a.get(m))),
+                        (f"Δ{title} [95% CI]", lambda a, v, m=metric: _delta_ci(v.get(f"{m}_delta"),
+                                                                              v.get(f"{m}_delta_ci")))]
+    if any(a.get("json_invalid_rate") is not None for a in arms):
+        columns.append(("JSON invalid", lambda a, v: _fixed(a.get("json_invalid_rate"))))
+    return columns
+
+
+def _vs_baseline_columns() -> list[tuple[str, _Cell]]:
+    """Open-ended answers compared with the baseline's (no reference needed)."""
+    return [
+        ("n", lambda a, v: _int(v.get("vs_baseline_n"))),
+        ("ANLS to base [95% CI]", lambda a, v: _share_ci(v.get("anls_vs_baseline"), v.get("anls_vs_baseline_ci"))),
+        ("token F1 to base", lambda a, v: _fixed(v.get("token_f1_vs_baseline"))),
+        ("changed [95% CI]", lambda a, v: _share_ci(v.get("answers_changed"), v.get("answers_changed_ci"))),
+        ("Δlength chars", lambda a, v: _signed(v.get("length_change_chars"), 1)),
+    ]
+
+
+def _generation_columns() -> list[tuple[str, _Cell]]:
+    return [
+        ("out tokens", lambda a, v: _tokens(a.get("output_tokens"))),
+        ("TTFT p50", lambda a, v: _ms(a.get("ttft_ms_p50"))),
+        ("p95", lambda a, v: _ms(a.get("ttft_ms_p95"))),
+        ("TPOT p50", lambda a, v: _ms(a.get("tpot_ms_p50"))),
+        ("KV cache MiB", lambda a, v: _fixed(None if a.get("kv_cache_bytes") is None else a["kv_cache_bytes"] / 2**20,
+                                             2)),
+        ("cut at limit", lambda a, v: _fixed(a.get("truncated_rate"))),
+        ("not UTF-8", lambda a, v: _int(a.get("not_utf8"))),
+    ]
+
+
+def budget_metric(arms: Sequence[dict], metric: str) -> str:
+    """``metric``, or what this run can give a verdict on when it is a label KPI and the run has no labels: ANLS
+    against references, else ANLS to the baseline's open-ended answers, else the share of changed answers."""
+    if not labelled_none(arms) or metric_key_of(metric) not in ("f1", "accuracy"):
+        return metric
+    if any(a.get("anls") is not None for a in arms):
+        return "anls"
+    if any((a.get("vs_baseline") or {}).get("anls_vs_baseline") is not None for a in arms):
+        return "anls_vs_baseline"
+    return "agreement"
+
+
+def open_ended(arms: Sequence[dict]) -> bool:
+    """Whether the run has open-ended answers (text or json tasks)."""
+    return any(a.get("n_referenced") or (a.get("vs_baseline") or {}).get("vs_baseline_n") or
+               a.get("truncated_rate") is not None for a in arms)
+
+
 def _names(arms: list[dict]) -> dict[str, str]:
     return arm_labels([str(a.get("name", MISSING)) for a in arms])
 
@@ -359,16 +416,25 @@ def format_report(report: dict, max_drop: float | None = 0.01, metric: str = "f1
         "Compute and latency (ratio = pruned / baseline; latencies in ms per sample; vis tokens = visual tokens kept)",
     ]
     lines += _arm_table(arms, _cost_columns())
+    if open_ended(arms):
+        if any(a.get("n_referenced") for a in arms):
+            lines += ["", "Open-ended answers against their references (means per sample; Δ paired, bootstrap 95% CI)"]
+            lines += _arm_table(arms, _score_columns(arms))
+        if any((a.get("vs_baseline") or {}).get("vs_baseline_n") for a in arms):
+            lines += ["", "Open-ended answers against the baseline's (no reference needed)"]
+            lines += _arm_table([a for a in arms if a.get("vs_baseline")], _vs_baseline_columns())
+        lines += ["", "Generation (TTFT: time to first token; TPOT: per later token; KV cache held per sample at its "
+                  "last token)"]
+        lines += _arm_table(arms, _generation_columns())
     per_class = _per_class(arms) if not labelled_none(arms) else []
     if per_class:
         lines += ["", "Per-class F1", *per_class]
-    if has_unlabelled(arms):
+    if has_unlabelled(arms) and not (open_ended(arms) and labelled_none(arms)):  # open-ended: the tables above
         labelled = max((a.get("n_labelled") or 0 for a in arms), default=0)
         lines += ["", f"Without labels: agreement uses every sample; accuracy and macro-F1 the {labelled:,} labelled "
                   "ones. Answer changes per baseline answer (changed / samples the baseline answered so)"]
         lines += _answer_changes(arms)
-        if labelled_none(arms) and metric_key_of(metric) != "agreement":
-            metric = "agreement"  # the only verdict this run can give
+    metric = budget_metric(arms, metric)
     if max_drop is not None:
         from pilot.plan import plan_report
 
@@ -405,3 +471,23 @@ def _matched_groups(report: dict) -> list[str]:
             lines.append(f"    {name:<58} ΔF1 {_delta_ci(delta, ci):<24} TFLOPs x{_fixed(ratio)}{note}")
     return lines
 
+
+
+def format_side_by_side(label_report: dict, text_report: dict) -> str:
+    """The demo's two tasks per arm: the label task's macro-F1 change and the open-ended task's ANLS and exact
+    match changes (paired, 95% CI), at each arm's paper TFLOPs ratio."""
+    text_arms = {arm["name"]: arm for arm in text_report.get("arms") or []}
+    rows = []
+    for arm in label_report.get("arms") or []:
+        other = text_arms.get(arm["name"])
+        if other is None:
+            continue
+        vs, vt = arm.get("vs_baseline") or {}, other.get("vs_baseline") or {}
+        rows.append([arm["name"], _fixed(vs.get("paper_tflops_ratio")), _delta_ci(vs.get("f1_delta"),
+                     vs.get("f1_delta_ci")), _fixed(other.get("anls")),
+                     _delta_ci(vt.get("anls_delta"), vt.get("anls_delta_ci")),
+                     _delta_ci(vt.get("exact_match_delta"), vt.get("exact_match_delta_ci"))])
+    headers = ["arm", "TFLOPs ratio", "label: ΔF1 [95% CI]", "text: ANLS", "ΔANLS [95% CI]", "Δexact match [95% CI]"]
+    lines = ["Both tasks side by side (Δ = pruned - baseline on the same images; paper TFLOPs ratio of the label "
+             "run)", *_table(headers, rows, [False] + [True] * 5)]
+    return "\n".join(lines) + "\n"

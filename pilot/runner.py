@@ -20,17 +20,19 @@ from pathlib import Path
 import torch
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
-from transformers import LogitsProcessor, LogitsProcessorList
+from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteriaList
 
 from pilot.data.answers import INVALID, free_answer, parse_answer
+from pilot.data.hf import open_dataset
 from pilot.data.images import ImageError, load_image
-from pilot.data.manifest import Dataset, Item, load_manifest
+from pilot.data.manifest import UNLABELLED, Dataset, Item
 from pilot.data.split import PARTS, stratified_split
 from pilot.metrics import Outcome
 from pilot.models import LoadedModel, load
-from pilot.pruning import NoPrune, attach, parse
-from pilot.pruning.families.base import assign_to_samples, visual_counts
-from pilot.pruning.flops import ModelDims, full_prefill_flops, paper_flops
+from pilot.pruning import NoPrune, PruneTrace, Strategy, attach, parse
+from pilot.pruning.families.base import assign_to_samples, decoder_layer_types, visual_counts
+from pilot.pruning.flops import ModelDims, full_prefill_flops, kv_cache_bytes, paper_flops
+from pilot.scoring import normalize_vqa, score_json, score_text
 from pilot.store import get_or_create, open_store, with_retries
 from pilot.store import models as db
 from pilot.summaries import build_report, find_run, write_summaries
@@ -49,6 +51,10 @@ from pilot.workers import (
     stop_run,
 )
 
+# Generation stops at the end of sequence, or at these many new tokens per task (``--max-new-tokens`` sets one for
+# all): a label is one or two words; DocVQA/OCR/ChartQA answers are a few words and a description one sentence
+# (32 tokens hold the longest of them with room); an invoice's fields as JSON run to a few hundred tokens.
+TASK_MAX_NEW_TOKENS = {"label": 4, "text": 32, "json": 256}
 DEMO_DATASET_SIZE = 600  # the demo's budget needs 300 held-out images (pilot/demo/__init__.py)
 DEMO_DATASET_SEED = 0
 
@@ -68,7 +74,13 @@ class RunSettings:
     batch_size: int = 1
     device: str = "cpu"
     dtype: str = "float32"
-    max_new_tokens: int = 4
+    max_new_tokens: int | None = None  # None: each task's default (TASK_MAX_NEW_TOKENS)
+    task: str | None = None  # every row's task (label, text, json); None: the manifest's, else label
+    # Hugging Face datasets (pilot.data.hf): the columns to read and the split; None: image, question, answer.
+    image_column: str | None = None
+    question_column: str | None = None
+    answer_column: str | None = None
+    dataset_split: str | None = None
     labels: list[str] | None = None
     prompt_template: str | None = None
     no_labels: bool = False  # ignore the manifest's labels: compare the arms with the baseline's answers only
@@ -82,9 +94,12 @@ class RunSettings:
 
     def fingerprint(self) -> str:
         data = asdict(self)
-        for later in ("no_labels", "controls", "matched_to"):  # added later: older runs keep their fingerprint
+        for later in ("no_labels", "controls", "matched_to", "task", "image_column", "question_column",
+                      "answer_column", "dataset_split"):  # added later: older runs keep their fingerprint
             if not data.get(later):
                 data.pop(later, None)
+        if data["max_new_tokens"] is None:  # the per-task default; runs before it stored 4 (the label default)
+            data["max_new_tokens"] = TASK_MAX_NEW_TOKENS["label"]
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
     @classmethod
@@ -112,6 +127,11 @@ class RunSettings:
             raise ValueError(f"split {self.split!r}: use one of {PARTS}")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"dtype {self.dtype!r}: use float32, bfloat16 or float16")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise ValueError(f"--max-new-tokens {self.max_new_tokens}: give a number >= 1, or leave it out for "
+                             f"each task's default ({', '.join(f'{k} {v}' for k, v in TASK_MAX_NEW_TOKENS.items())})")
+        if self.task not in (None, *TASK_MAX_NEW_TOKENS):
+            raise ValueError(f"--task {self.task!r}: use one of {', '.join(TASK_MAX_NEW_TOKENS)}")
         if self.controls not in (None, "matched"):
             raise ValueError(f"--controls {self.controls!r}: use matched (or leave it out)")
         if self.controls == "matched":
@@ -130,15 +150,18 @@ def select_items(dataset: Dataset, settings: RunSettings) -> list[Item]:
 
 
 def load_dataset(settings: RunSettings) -> Dataset:
-    """The run's dataset: its manifest, or the demo dataset with the demo labels."""
+    """The run's dataset (a manifest, a Hugging Face dataset: ``pilot.data.hf``), or the demo's with its labels."""
     labels = settings.labels
     if settings.dataset is None and labels is None:
         from pilot.data.synthetic import LABELS
 
         labels = list(LABELS)
-    manifest = settings.dataset or str(demo_dataset_path())
-    return load_manifest(manifest, labels=labels, prompt_template=settings.prompt_template,
-                         no_labels=settings.no_labels)
+    source = settings.dataset or str(demo_dataset_path())
+    columns = {key: value for key, value in (("image_column", settings.image_column),
+                                              ("question_column", settings.question_column),
+                                              ("answer_column", settings.answer_column)) if value}
+    return open_dataset(source, task=settings.task, split=settings.dataset_split, labels=labels,
+                        prompt_template=settings.prompt_template, no_labels=settings.no_labels, **columns)
 
 
 def demo_dataset_path() -> Path:
@@ -150,6 +173,15 @@ def demo_dataset_path() -> Path:
     if not manifest.is_file():
         synthetic.write_dataset(folder, DEMO_DATASET_SIZE, DEMO_DATASET_SEED)
     return manifest
+
+
+def demo_text_dataset_path() -> Path:
+    """The demo's open-ended task over the same images (``synthetic.write_text_manifest``), written once."""
+    from pilot.data import synthetic
+
+    folder = demo_dataset_path().parent
+    manifest = folder / "manifest-text.csv"
+    return manifest if manifest.is_file() else synthetic.write_text_manifest(folder)
 
 
 def machine_info(device: torch.device) -> dict:
@@ -245,24 +277,89 @@ def sample_grids(loaded: LoadedModel, inputs: dict) -> tuple[list[list[list[int]
         return [None] * batch, [None] * batch
 
 
+def max_new_tokens_of(item: Item, max_new_tokens: int | None) -> int:
+    """The sample's token limit: the run's ``--max-new-tokens``, else its task's default."""
+    return max_new_tokens or TASK_MAX_NEW_TOKENS[item.task]
+
+
+def _generated(tokens: torch.Tensor, limit: int, stop_ids: set[int]) -> tuple[list[int], str]:
+    """One sample's generated ids up to its end of sequence (included) or its limit, and why it stopped."""
+    ids = tokens.tolist()[:limit]
+    for index, token in enumerate(ids):
+        if token in stop_ids:
+            return ids[: index + 1], "stop"
+    return ids, "length"
+
+
+def _score(item: Item, text: str, labels: Sequence[str]) -> tuple[str, bool | None, dict | None]:
+    """(prediction, correct, scores) of one answer for its task; scores None without references."""
+    if item.task == "label":
+        prediction = parse_answer(text, labels) if labels else free_answer(text)
+        correct = prediction == item.label and prediction != INVALID if item.labelled else None
+        return prediction, correct, None
+    # Open-ended: the normalised text stands for the answer (agreement with the baseline reads it).
+    prediction = normalize_vqa(text)[:255]
+    if not item.references:
+        return prediction, None, None
+    if item.task == "json":
+        return prediction, None, score_json(text, json.loads(item.references[0]))
+    return prediction, None, score_text(text, item.references)
+
+
 def run_arm_batch(loaded: LoadedModel, strategy_text: str, prepared: PreparedBatch, labels: Sequence[str],
-                  max_new_tokens: int, device: torch.device) -> list[dict]:
-    """Generate for one batch in one arm; one result row (a dict of SampleResult fields) per item."""
+                  max_new_tokens: int | None, device: torch.device) -> list[dict]:
+    """Generate for one batch in one arm; one result row (a dict of SampleResult fields) per item.
+
+    Greedy decoding to each sample's end of sequence or token limit (``max_new_tokens``, else its task's
+    default). A batch generates to its longest limit; each sample's answer is cut at its own, which equals
+    generating it alone (greedy decoding of one sample does not depend on the others)."""
+    limits = [max_new_tokens_of(item, max_new_tokens) for item in prepared.items]
+    generation = generate_batch(loaded, strategy_text, prepared.inputs, limits, device)
+    return result_rows(loaded, prepared.items, prepared.inputs, generation, labels)
+
+
+@dataclass
+class Generation:
+    """One batch's greedy generation in one arm: the answers and the clocks result rows are built from."""
+
+    output: torch.Tensor  # [batch, prompt + new tokens]
+    prompt_length: int
+    generated: list[tuple[list[int], str]]  # per row: its ids to end of sequence (included) or limit, and why
+    texts: list[str]  # per row: its ids decoded without special tokens
+    start: float  # time.perf_counter() at the start, at the first token's logits, at the end
+    first_token_at: float
+    end: float
+    trace: PruneTrace | None  # None for the baseline
+    strategy: Strategy  # as resolved on the model (its depth-mapped schedule)
+    peak_memory_mb: float | None
+
+
+def generate_batch(loaded: LoadedModel, strategy_text: str, inputs: dict, limits: Sequence[int],
+                   device: torch.device, *, streamer=None, stopping_criteria: list | None = None) -> Generation:
+    """Greedy generation for one batch in one arm, to the batch's longest limit; each row cut at its own.
+
+    ``streamer``: a transformers ``BaseStreamer`` handed the prompt, then each step's new token of every row
+    (``pilot serve`` streams each request's tokens as they come). ``stopping_criteria``: extra criteria (per row:
+    a row that is done gets padding, and generation ends when every row is done); neither changes an answer."""
     model = loaded.model
     strategy = parse(strategy_text)
-    inputs = prepared.inputs
-    batch = len(prepared.items)
+    tokenizer = loaded.processor.tokenizer
+    stop_ids = _stop_ids(model, tokenizer)
     clock = _FirstTokenClock(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    extra = {"streamer": streamer} if streamer is not None else {}
+    if stopping_criteria:
+        extra["stopping_criteria"] = StoppingCriteriaList(stopping_criteria)
     handle = None if isinstance(strategy, NoPrune) else attach(model, strategy)
     try:
         with torch.inference_mode():
             _synchronize(device)
             start = time.perf_counter()
-            output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+            output = model.generate(**inputs, max_new_tokens=max(limits), do_sample=False,
                                     logits_processor=LogitsProcessorList([clock]),
-                                    pad_token_id=loaded.processor.tokenizer.pad_token_id)
+                                    pad_token_id=tokenizer.pad_token_id, eos_token_id=sorted(stop_ids) or None,
+                                    **extra)
             _synchronize(device)
             end = time.perf_counter()
         trace = handle.last_trace if handle else None
@@ -272,12 +369,31 @@ def run_arm_batch(loaded: LoadedModel, strategy_text: str, prepared: PreparedBat
             handle.detach()
     peak_mb = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     prompt_length = inputs["input_ids"].shape[1]
-    texts = loaded.processor.tokenizer.batch_decode(output[:, prompt_length:], skip_special_tokens=True)
+    generated = [_generated(output[row, prompt_length:], limits[row], stop_ids) for row in range(len(limits))]
+    texts = tokenizer.batch_decode([ids for ids, _ in generated], skip_special_tokens=True)
+    return Generation(output=output, prompt_length=prompt_length, generated=generated, texts=texts, start=start,
+                      first_token_at=clock.at, end=end, trace=trace, strategy=resolved, peak_memory_mb=peak_mb)
+
+
+def result_rows(loaded: LoadedModel, items: Sequence[Item], inputs: dict, generation: Generation,
+                labels: Sequence[str]) -> list[dict]:
+    """One result row (a dict of SampleResult fields) per item of a generated batch: its answer scored for its
+    task, clocks, cost (paper and full TFLOPs, visual tokens kept per layer, KV cache) and kept tokens."""
+    model = loaded.model
+    batch = len(items)
+    output, prompt_length, generated, texts = (generation.output, generation.prompt_length, generation.generated,
+                                               generation.texts)
+    start, first_token_at, end = generation.start, generation.first_token_at, generation.end
+    trace, resolved, peak_mb = generation.trace, generation.strategy, generation.peak_memory_mb
+    steps = output.shape[1] - prompt_length  # decode steps the batch ran: the first token ends the prefill
+    ttft_ms = (first_token_at - start) * 1000
+    tpot_ms = (end - first_token_at) * 1000 / (steps - 1) if steps > 1 else None
     dims = ModelDims.from_config(model.config)
+    kv_windows = _kv_windows(model)
     visual_ids = torch.tensor(loaded.adapter.visual_token_ids(model.config), device=inputs["input_ids"].device)
     grids, grid_thw = sample_grids(loaded, inputs)
     rows = []
-    for row, item in enumerate(prepared.items):
+    for row, item in enumerate(items):
         valid = inputs["attention_mask"][row].bool()
         ids = inputs["input_ids"][row][valid]
         is_visual = torch.isin(ids, visual_ids)
@@ -302,11 +418,21 @@ def run_arm_batch(loaded: LoadedModel, strategy_text: str, prepared: PreparedBat
             tower = {"crops": _crops(loaded, inputs, row)}
         else:  # fixed crops: the tower's crops follow from the original tokens
             tower = {"visual_tokens_original": n_visual}
-        prediction = parse_answer(texts[row], labels) if labels else free_answer(texts[row])
+        prediction, correct, scores = _score(item, texts[row], labels)
+        output_tokens = len(generated[row][0])
         rows.append({
-            "sample_id": item.id, "label": item.label, "prediction": prediction, "answer_text": texts[row],
-            "correct": prediction == item.label and prediction != INVALID if item.labelled else None,
-            "prefill_ms": (clock.at - start) * 1000 / batch, "total_ms": (end - start) * 1000 / batch,
+            # Open-ended rows are scored against their references: a label they carry is not theirs to count.
+            "sample_id": item.id, "label": item.label if item.task == "label" else UNLABELLED,
+            "prediction": prediction, "answer_text": texts[row],
+            "correct": correct, "task": item.task, "references": list(item.references) or None,
+            "scores": scores, "output_tokens": output_tokens, "finish_reason": generated[row][1],
+            # Tokens that end mid-character decode to U+FFFD (the tokenizer's replacement for bad bytes).
+            "utf8_valid": "\ufffd" not in texts[row],
+            "ttft_ms": ttft_ms, "tpot_ms": tpot_ms,
+            # At its last token the cache holds the prompt and every output token but that last one.
+            "kv_cache_bytes": kv_cache_bytes(dims, per_layer, text_tokens + max(output_tokens - 1, 0), kv_windows,
+                                             _element_bytes(model)),
+            "prefill_ms": (first_token_at - start) * 1000 / batch, "total_ms": (end - start) * 1000 / batch,
             "batch_size": batch,
             "paper_tflops": paper_flops(dims, per_layer) / 1e12,
             "full_tflops": full_prefill_flops(dims, per_layer, text_tokens, resolved, instruction, **tower) / 1e12,
@@ -316,15 +442,35 @@ def run_arm_batch(loaded: LoadedModel, strategy_text: str, prepared: PreparedBat
     return rows
 
 
+def _stop_ids(model, tokenizer) -> set[int]:
+    """Token ids that end an answer: the generation config's end-of-sequence ids, else the tokenizer's."""
+    eos = getattr(model.generation_config, "eos_token_id", None)
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    return set() if eos is None else {int(t) for t in (eos if isinstance(eos, list | tuple) else [eos])}
+
+
+def _kv_windows(model) -> list[int | None]:
+    """Per decoder layer, its sliding window (the cache holds at most that many tokens) or None."""
+    config = model.config.get_text_config()
+    window = getattr(config, "sliding_window", None)
+    types = decoder_layer_types(config, config.num_hidden_layers)
+    return [window if kind == "sliding_attention" else None for kind in types]
+
+
+def _element_bytes(model) -> int:
+    return torch.finfo(model.dtype).bits // 8
+
+
 def outcomes_from_rows(rows: Sequence[dict]) -> list[Outcome]:
     """Result rows of ``run_arm_batch`` as metric outcomes (for comparisons without the store)."""
-    return [Outcome(r["sample_id"], r["label"], r["prediction"], r.get("prefill_ms"), r.get("total_ms"),
-                    r.get("paper_tflops"), r.get("full_tflops"), r.get("visual_tokens_kept"), r.get("error"))
-            for r in rows]
+    names = [f.name for f in fields(Outcome)]
+    return [Outcome(**{name: r.get(name) for name in names}) for r in rows]
 
 
 def _error_rows(errors: dict[str, str], items_by_id: dict[str, Item]) -> list[dict]:
-    return [{"sample_id": sid, "label": items_by_id[sid].label, "prediction": None, "correct": None,
+    return [{"sample_id": sid, "label": items_by_id[sid].label if items_by_id[sid].task == "label" else UNLABELLED,
+             "task": items_by_id[sid].task, "prediction": None, "correct": None,
              "batch_size": 0, "error": error} for sid, error in errors.items()]
 
 

@@ -22,7 +22,9 @@ def outcomes(session: Session, arm_id: int) -> list[Outcome]:
     rows = session.execute(select(
         db.SampleResult.sample_id, db.SampleResult.label, db.SampleResult.prediction, db.SampleResult.prefill_ms,
         db.SampleResult.total_ms, db.SampleResult.paper_tflops, db.SampleResult.full_tflops,
-        db.SampleResult.visual_tokens_kept, db.SampleResult.error,
+        db.SampleResult.visual_tokens_kept, db.SampleResult.error, db.SampleResult.task, db.SampleResult.scores,
+        db.SampleResult.answer_text, db.SampleResult.output_tokens, db.SampleResult.ttft_ms, db.SampleResult.tpot_ms,
+        db.SampleResult.kv_cache_bytes, db.SampleResult.finish_reason, db.SampleResult.utf8_valid,
     ).where(db.SampleResult.arm_id == arm_id).order_by(db.SampleResult.sample_id))
     return [Outcome(*row) for row in rows]
 

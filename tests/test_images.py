@@ -2,12 +2,13 @@
 
 import io
 import os
+from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from pilot.data.images import ImageError, load_image
+from pilot.data.images import BytesImage, EmbeddedImage, ImageError, load_image
 
 RED = (200, 30, 40)
 
@@ -207,3 +208,94 @@ def test_no_file_handle_left_open(tmp_path):
         with pytest.raises(ImageError):
             load_image(bad)
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+# -- embedded images (bytes inside a dataset file) --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CountingImage(EmbeddedImage):
+    """An embedded image that counts its reads (to check they happen only on load)."""
+
+    data: bytes = b""
+    reads: list = field(default_factory=list, compare=False)
+
+    def read_bytes(self):
+        self.reads.append(1)
+        return self.data
+
+
+@dataclass(frozen=True)
+class FailingImage(EmbeddedImage):
+    def read_bytes(self):
+        raise OSError("disk on fire")
+
+
+def encoded(img, fmt="PNG", **kwargs):
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kwargs)
+    return buf.getvalue()
+
+
+def test_embedded_bytes_load_like_a_file(tmp_path):
+    src = Image.new("RGBA", (5, 3), (*RED, 255))
+    src.putpixel((0, 0), (0, 0, 0, 0))
+    from_file = load_image(save(src, tmp_path / "a.png"))
+    from_bytes = load_image(BytesImage(name="data.parquet row 0 column image", data=encoded(src)))
+    assert from_bytes.mode == "RGB" and from_bytes.size == (5, 3)
+    assert np.array_equal(np.asarray(from_bytes), np.asarray(from_file))
+    assert pixel(from_bytes, (0, 0)) == (255, 255, 255) and pixel(from_bytes, (1, 0)) == RED
+
+
+def test_embedded_bytes_are_read_only_when_loaded():
+    image = CountingImage(name="x row 1", data=encoded(Image.new("RGB", (4, 4), RED)))
+    assert image.reads == []
+    assert pixel(load_image(image)) == RED
+    assert image.reads == [1]
+
+
+def test_embedded_exif_orientation_and_max_side():
+    src = Image.new("RGB", (40, 20), (0, 0, 255))
+    src.paste(RED, (0, 0, 10, 20))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    img = load_image(BytesImage(name="o", data=encoded(src, "JPEG", exif=exif.tobytes(), quality=95)))
+    assert img.size == (20, 40)
+    r, g, b = pixel(img, (10, 2))
+    assert r > 150 and b < 100
+    tall = BytesImage(name="big", data=encoded(Image.new("L", (300, 500), 9)))
+    assert load_image(tall, max_side=100).size == (60, 100)
+
+
+@pytest.mark.parametrize("load_truncated", [False, True])
+def test_embedded_broken_bytes_name_the_image(load_truncated, monkeypatch):
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", load_truncated)
+    rng = np.random.default_rng(0)
+    data = encoded(Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)))
+    cases = {
+        "cut row 3": data[: len(data) // 2],
+        "noise row 4": os.urandom(500),
+        "empty row 5": b"",
+    }
+    for name, payload in cases.items():
+        with pytest.raises(ImageError, match=name):
+            load_image(BytesImage(name=name, data=payload))
+    with pytest.raises(ImageError, match="failing row 6.*disk on fire"):
+        load_image(FailingImage(name="failing row 6"))
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is load_truncated
+
+
+def test_embedded_oversized_header_is_refused():
+    import struct
+    import zlib
+
+    ihdr = struct.pack(">IIBBBBB", 50_000, 40_000, 8, 0, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    data = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk + struct.pack(">I", zlib.crc32(chunk))
+    with pytest.raises(ImageError, match="bomb row 0"):
+        load_image(BytesImage(name="bomb row 0", data=data))
+
+
+def test_embedded_image_is_abstract():
+    with pytest.raises(TypeError):
+        EmbeddedImage(name="x")

@@ -266,3 +266,124 @@ def test_bad_declared_labels_and_template(tmp_path):
     raises(manifest, "template", prompt_template="Pick {choices}")
     with pytest.raises(TypeError):
         load_manifest(manifest, labels="x")
+
+
+# -- tasks and references ---------------------------------------------------------------------------
+
+
+def test_csv_task_column_with_text_and_json_references(tmp_path):
+    manifest = write(
+        tmp_path / "m.csv",
+        "image,task,label,question,answer,answers\n"
+        "a.png,,scratch,,,\n"
+        'b.png,text,,What colour?,,"[""red"", "" dark red ""]"\n'
+        "c.png,TEXT,,How many?, 3 ,\n"
+        'd.png,json,ignored,Spec?,"{""b"": 1, ""a"": ""é""}",\n'
+        "e.png,text,,Free?,,\n",
+    )
+    ds = load_manifest(manifest, prompt_template="Pick {labels}")
+    assert [i.task for i in ds.items] == ["label", "text", "text", "json", "text"]
+    assert [i.references for i in ds.items] == [(), ("red", "dark red"), ("3",), ('{"a": "é", "b": 1}',), ()]
+    assert ds.tasks == ("json", "label", "text")
+    assert ds.referenced == 3
+    assert ds.items[3].label == "ignored"  # kept on the item ...
+    assert ds.labels == ("scratch",)  # ... but only label rows make the label set
+    assert ds.items[0].question == "Pick scratch"
+
+
+def test_jsonl_references_of_every_shape(tmp_path):
+    manifest = write_jsonl(
+        tmp_path / "m.jsonl",
+        [
+            {"image": "a.png", "answers": ["cat", 7, 2.5]},
+            {"image": "b.png", "answer": 42},
+            {"image": "c.png", "answer": {"z": [1, 2], "a": None}, "task": "json"},
+            {"image": "d.png", "answer": '{"k": "v"}', "task": "json"},
+            {"image": "e.png", "answer": None},
+            {"image": "f.png", "answer": "", "task": "json"},
+        ],
+    )
+    ds = load_manifest(manifest, task="text", prompt_template="Describe.")
+    assert [i.task for i in ds.items] == ["text", "text", "json", "json", "text", "json"]
+    assert [i.references for i in ds.items] == [
+        ("cat", "7", "2.5"),
+        ("42",),
+        ('{"a": null, "z": [1, 2]}',),
+        ('{"k": "v"}',),
+        (),
+        (),
+    ]
+    assert ds.referenced == 4 and ds.labelled == 0
+
+
+def test_dataset_task_is_the_default_and_rows_override_it(tmp_path):
+    manifest = write(tmp_path / "m.csv", "image,question,answer,task\na.png,Q?,yes,\nb.png,Q?,yes,label\n")
+    ds = load_manifest(manifest, task="text")
+    assert [(i.task, i.references) for i in ds.items] == [("text", ("yes",)), ("label", ())]
+    assert load_manifest(manifest).tasks == ("label",)  # no task=: label rows, answers ignored
+    assert load_manifest(manifest, task=" Text ").items[0].task == "text"
+
+
+def test_label_rows_are_unchanged_by_answer_columns(tmp_path):
+    manifest = write_jsonl(tmp_path / "m.jsonl", [{"image": "a.png", "label": "x", "answer": [1, {}], "answers": 3}])
+    ds = load_manifest(manifest)
+    assert (ds.items[0].task, ds.items[0].references, ds.items[0].label) == ("label", (), "x")
+    assert ds.tasks == ("label",) and ds.referenced == 0
+
+
+def test_labels_on_text_rows_are_not_checked_against_declared_labels(tmp_path):
+    manifest = write(tmp_path / "m.csv", "image,label,task,question\na.png,yes,,\nb.png,whatever,text,Q?\n")
+    ds = load_manifest(manifest, labels=["yes", "no"])
+    assert [i.label for i in ds.items] == ["yes", "whatever"]
+
+
+def test_text_rows_without_question_need_a_template(tmp_path):
+    manifest = write(tmp_path / "m.csv", "image,task,answer\na.png,text,red\n")
+    raises(manifest, "no labels", "--prompt-template")
+    assert load_manifest(manifest, prompt_template="Colour?").items[0].question == "Colour?"
+
+
+def test_unknown_task_names_file_line_and_known_tasks(tmp_path):
+    manifest = write(tmp_path / "m.csv", "image,label,task\na.png,x,\nb.png,x,caption\n")
+    raises(manifest, ":3:", "'caption'", "'task'", "label, text, json")
+    raises(write(tmp_path / "ok.csv", "image,label\na.png,x\n"), "ok.csv", "'vqa'", "label, text, json", task="vqa")
+
+
+@pytest.mark.parametrize(
+    ("row", "fragments"),
+    [
+        ({"answer": [1, 2], "task": "json"}, ["'answer'", "exactly one reference"]),
+        ({"answer": [[1]], "task": "json"}, ["'answer'", "JSON object", "array"]),
+        ({"answer": 5, "task": "json"}, ["'answer'", "JSON object", "number"]),
+        ({"answer": "[1, 2]", "task": "json"}, ["'answer'", "JSON object", "array"]),
+        ({"answer": "{oops", "task": "json"}, ["'answer'", "not valid JSON"]),
+        ({"answers": [{"a": 1}, {"b": 2}], "task": "json"}, ["'answers'", "exactly one reference"]),
+        ({"answers": "red"}, ["'answers'", "list of strings"]),
+        ({"answers": ["red", {"x": 1}]}, ["'answers' item 2", "string"]),
+        ({"answers": []}, ["'answers'", "empty reference"]),
+        ({"answers": ["red", "  "]}, ["'answers' item 2", "empty reference"]),
+        ({"answer": {"x": 1}}, ["'answer'", "string"]),
+        ({"answer": True}, ["'answer'", "string"]),
+        ({"answer": "red", "answers": ["red"]}, ["both 'answer' and 'answers'"]),
+        ({"task": ["text"]}, ["'task'", "must be a string"]),
+    ],
+)
+def test_bad_references_in_jsonl(tmp_path, row, fragments):
+    manifest = write_jsonl(tmp_path / "m.jsonl", [{"image": "a.png", "answer": "ok"}, {"image": "b.png", **row}])
+    raises(manifest, ":2:", *fragments, task="text", prompt_template="Q?")
+
+
+@pytest.mark.parametrize(
+    ("cells", "fragments"),
+    [
+        (",red", ["'answers'", "JSON array"]),
+        (',"{""a"": 1}"', ["'answers'", "list of strings"]),
+        (",[]", ["'answers'", "empty reference"]),
+        (',"[""red"", """"]"', ["'answers' item 2", "empty reference"]),
+        ('"[1, 2]",', ["'answer'", "JSON object", "array"]),
+    ],
+)
+def test_bad_references_in_csv(tmp_path, cells, fragments):
+    task = "json" if "JSON object" in fragments else "text"
+    manifest = write(tmp_path / "m.csv", f"image,answer,answers\nok.png,,\nb.png,{cells}\n")
+    raises(manifest, ":3:", *fragments, task=task, prompt_template="Q?")

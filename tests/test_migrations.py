@@ -18,8 +18,9 @@ def _store_at_0002_with_an_old_run(url):
     command.upgrade(alembic_config(url), "0002")
     engine = create_engine(normalise_url(url), poolclass=NullPool)
     # As a run stored at revision 0002 holds them: without the settings added since (no_labels, controls, ...).
-    later = ("no_labels", "controls", "matched_to")
-    settings = {k: v for k, v in RunSettings(arms=list(OLD_ARMS)).__dict__.items() if k not in later}
+    later = ("no_labels", "controls", "matched_to", "task", "image_column", "question_column", "answer_column",
+             "dataset_split")
+    settings = {k: v for k, v in RunSettings(arms=list(OLD_ARMS), max_new_tokens=4).__dict__.items() if k not in later}
     with engine.begin() as connection:
         now = "2026-01-01 00:00:00"
         connection.execute(sa.text(

@@ -18,6 +18,7 @@ from pilot.plan import (
     plan_sentence,
     samples_by_scaling,
     samples_for_accuracy,
+    samples_for_mean,
 )
 
 LABELS = ["a", "b", "c"]
@@ -183,3 +184,61 @@ def test_dashboard_verdict_panel_says_how_many_more_images():
     over = data.verdict({"vs_baseline": _comparison(9, 1, 100)}, 0.03)
     assert over.status == "not_met" and "more samples will not show it met" in over.text
     assert data.verdict({"vs_baseline": _comparison(2, 1, 100, ci_high=0.02)}, 0.03).plan["more_needed"] == 0
+
+
+def _scored_pair(n, rng, drop=0.01, changed=0.2):
+    """Open-ended answers (``text`` task) with ANLS scores: on a share ``changed`` of samples the pruned answer's
+    score moves by U(-0.3, 0.4) (mean +0.05, so the true mean drop is ``changed * 0.05`` = ``drop``)."""
+    assert abs(changed * 0.05 - drop) < 1e-12
+    base_score = rng.uniform(0.6, 1.0, size=n)
+    moved = rng.random(n) < changed
+    prun_score = base_score - np.where(moved, rng.uniform(-0.3, 0.4, size=n), 0.0)
+    base = [Outcome(f"s{i}", "", "x", task="text", scores={"anls": float(s)}) for i, s in enumerate(base_score)]
+    prun = [Outcome(f"s{i}", "", "x", task="text", scores={"anls": float(s)}) for i, s in enumerate(prun_score)]
+    return base, prun
+
+
+def test_mean_difference_plan_against_simulation():
+    """ANLS (a mean of per-sample paired differences): n from the observed spread of the differences. A large
+    pilot gives the drop and the spread; fresh pilots of the planned size meet the budget with confidence
+    (compare()'s bootstrap upper end under it) about half of the time, at half that size clearly fewer, at twice
+    clearly more. 150 pilots per point, fixed seed."""
+    rng = np.random.default_rng(8)
+    budget = 0.02
+    large = compare(*_scored_pair(20000, rng), [], resamples=500)
+    sd = np.sqrt(0.2 * (0.4**3 + 0.3**3) / (3 * 0.7) - 0.01**2)  # the true spread of the differences
+    assert large["anls_delta_sd"] == pytest.approx(sd, rel=0.03)
+    n = samples_for_mean(-large["anls_delta"], large["anls_delta_sd"], budget)
+    assert n == pytest.approx((Z * sd / (budget - 0.01)) ** 2, rel=0.25)
+    small = compare(*_scored_pair(300, rng), [], resamples=500)  # not met yet: the plan says how many
+    plan = plan_comparison(small, budget, "anls")
+    assert plan["method"] == "observed spread" and plan["n"] == 300
+    assert plan["samples_needed"] == max(samples_for_mean(-small["anls_delta"], small["anls_delta_sd"], budget),
+                                         301)
+
+    def share_met(m):
+        verdicts = [budget_verdict(compare(*_scored_pair(m, rng), [], resamples=400), "anls", budget)
+                    for _ in range(150)]
+        return float(np.mean([v["met_with_confidence"] for v in verdicts]))
+
+    half, at_n, double = share_met(n // 2), share_met(n), share_met(2 * n)
+    print(f"\nn={n}: met with confidence in {half:.2f} of pilots at n/2, {at_n:.2f} at n, {double:.2f} at 2n")
+    assert 0.35 <= at_n <= 0.65
+    assert half <= 0.40 and double >= 0.70
+
+
+def test_vs_baseline_plan_reads_the_similarity_spread():
+    """Label-free open-ended budget: drop = 1 - mean ANLS to the baseline; n from the similarities' spread."""
+    sims = [1.0] * 95 + [0.8] * 5  # "the answ" against "the answer": ANLS 1 - 2/10
+    base = [Outcome(f"s{i}", "", "x", task="text", answer_text="the answer") for i in range(100)]
+    prun = [Outcome(f"s{i}", "", "x", task="text", answer_text="the answer" if s == 1.0 else "the answ")
+            for i, s in enumerate(sims)]
+    comparison = compare(base, prun, [], resamples=500)
+    assert comparison["vs_baseline_n"] == 100 and comparison["answers_changed"] == pytest.approx(0.05)
+    drop = 1 - comparison["anls_vs_baseline"]
+    assert drop == pytest.approx(0.01)
+    plan = plan_comparison(comparison, 0.015, "anls_vs_baseline")
+    sd = comparison["anls_vs_baseline_sd"]
+    assert sd == pytest.approx(np.std(sims, ddof=1))
+    assert plan["drop"] == pytest.approx(drop) and plan["method"] == "observed spread"
+    assert plan["samples_needed"] == math.ceil((Z * sd / (0.015 - drop)) ** 2 - 1e-9)

@@ -34,7 +34,7 @@ import optuna
 import torch
 from sqlalchemy import select, update
 
-from pilot.metrics import budget_verdict, compare, metric_drop
+from pilot.metrics import SCORE_METRICS, VS_BASELINE_METRICS, budget_verdict, compare, metric_drop
 from pilot.models import LoadedModel, load
 from pilot.plan import plan_comparison, plan_sentence
 from pilot.runner import (
@@ -55,9 +55,14 @@ from tuner.pruner import BudgetPruner
 from tuner.select import RULE, Candidate, fixed_sequence, verification_order
 from tuner.space import suggest, warm_start_points
 
-METRICS = {"f1_macro": "f1", "accuracy": "accuracy", "agreement": "agreement"}
+# The tuner's metric name -> pilot.metrics' name: label KPIs, open-ended scores, and label-free similarity.
+METRICS = {"f1_macro": "f1", "accuracy": "accuracy", "agreement": "agreement",
+           **{metric: metric for metric in (*SCORE_METRICS, *VS_BASELINE_METRICS)}}
 # The trial attribute holding each metric's drop on the tuning split (agreement: the share of changed answers).
-DROP_ATTRS = {"f1_macro": "f1_drop", "accuracy": "accuracy_drop", "agreement": "agreement_drop"}
+DROP_ATTRS = {name: f"{key}_drop" for name, key in METRICS.items()}
+# Budgets that need no reference: the answers are compared with the baseline's.
+LABEL_FREE = ("agreement", *VS_BASELINE_METRICS)
+DROP_NAMES = {"f1_macro": "F1", "agreement": "answers changed"}
 OBJECTIVES = ("tflops", "latency")
 
 
@@ -79,7 +84,7 @@ class TuneSettings:
     heldout_fraction: float = 0.5
     split_seed: int = 0
     batch_size: int = 8
-    max_new_tokens: int = 4
+    max_new_tokens: int | None = None  # None: each task's default (pilot.runner.TASK_MAX_NEW_TOKENS)
     device: str = "cpu"
     dtype: str = "float32"
     chunks: int = 4  # reports per trial (early pruning points)
@@ -88,6 +93,12 @@ class TuneSettings:
     limit: int | None = None
     no_labels: bool = False  # ignore the manifest's labels (then metric "agreement")
     warm_start: bool = True  # first trials: the paper's shape at several final keep ratios (tuner.space)
+    # The dataset's task and Hugging Face columns (pilot.runner.RunSettings); None: the dataset's own.
+    task: str | None = None
+    image_column: str | None = None
+    question_column: str | None = None
+    answer_column: str | None = None
+    dataset_split: str | None = None
 
     def validate(self) -> None:
         if self.metric not in METRICS:
@@ -100,9 +111,9 @@ class TuneSettings:
             raise ValueError("trials must be >= 1")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"--limit {self.limit}: give a number of samples >= 1, or leave --limit out for all")
-        if self.no_labels and self.metric != "agreement":
-            raise ValueError(f"without labels the budget is on changed answers: use --metric agreement, not "
-                             f"{self.metric}")
+        if self.no_labels and self.metric not in LABEL_FREE:
+            raise ValueError(f"without labels the budget compares answers with the baseline's: use --metric "
+                             f"{' or '.join(LABEL_FREE)}, not {self.metric}")
 
     def study_name(self) -> str:
         if self.study:
@@ -112,6 +123,11 @@ class TuneSettings:
             fixed.pop("no_labels", None)
         if fixed.get("warm_start"):  # likewise (the default)
             fixed.pop("warm_start", None)
+        for later in ("task", "image_column", "question_column", "answer_column", "dataset_split"):
+            if fixed.get(later) is None:  # added later still
+                fixed.pop(later, None)
+        if fixed.get("max_new_tokens") is None:  # the per-task default: studies before it stored 4
+            fixed["max_new_tokens"] = 4
         return "tune-" + hashlib.sha256(json.dumps(fixed, sort_keys=True).encode()).hexdigest()[:10]
 
     def run_settings(self, arms: list[str], split: str) -> RunSettings:
@@ -120,7 +136,9 @@ class TuneSettings:
                            max_new_tokens=self.max_new_tokens, labels=self.labels,
                            prompt_template=self.prompt_template, split=split,
                            split_fraction=self.heldout_fraction, split_seed=self.split_seed,
-                           no_labels=self.no_labels)
+                           no_labels=self.no_labels, task=self.task, image_column=self.image_column,
+                           question_column=self.question_column, answer_column=self.answer_column,
+                           dataset_split=self.dataset_split)
 
 
 class TrialEvaluator:
@@ -222,8 +240,7 @@ def _neg(value: float | None) -> float | None:
 
 def _drops(comparison: dict) -> dict:
     """Every metric's drop, as trials store them (None where the samples give none, e.g. without labels)."""
-    return {"f1_drop": _neg(comparison["f1_delta"]), "accuracy_drop": _neg(comparison["accuracy_delta"]),
-            "agreement_drop": metric_drop(comparison, "agreement")[0]}
+    return {attr: metric_drop(comparison, METRICS[name])[0] for name, attr in DROP_ATTRS.items()}
 
 
 def tune(settings: TuneSettings, *, db_url: str | None = None, log: Callable[[str], None] | None = None,
@@ -250,9 +267,13 @@ def _tune(settings: TuneSettings, db_url: str | None, log: Callable[[str], None]
     device = resolve_device(settings.device)  # cuda:LOCAL_RANK under a launcher; one line naming --device
     loaded = load(settings.model, device=device, dtype=getattr(torch, settings.dtype))
     dataset = load_dataset(settings.run_settings(["baseline"], "tune"))
-    if not dataset.labelled and settings.metric != "agreement":
+    if settings.metric in ("f1_macro", "accuracy") and not dataset.labelled:
         raise ValueError(f"{dataset.manifest} has no labels: the budget can only be on changed answers "
-                         "(--metric agreement --max-drop 0.02: at most 2% of answers change)")
+                         "(--metric agreement --max-drop 0.02: at most 2% of answers change; open-ended answers: "
+                         "--metric anls_vs_baseline)")
+    if settings.metric in SCORE_METRICS and not dataset.referenced:
+        raise ValueError(f"{dataset.manifest} has no reference answers for --metric {settings.metric}: budget on "
+                         "the answers' similarity to the baseline's instead (--metric anls_vs_baseline)")
 
     log(f"study {name}: baseline on the tuning split (computed once, stored)")
     baseline_report = execute(settings.run_settings(["baseline"], "tune"), db_url=db_url,
@@ -330,7 +351,8 @@ def _tune(settings: TuneSettings, db_url: str | None, log: Callable[[str], None]
         prefill_ratio = paired_ratio(pairs, "prefill_ms")
         compute = comparison["paper_tflops_ratio"] if settings.objective == "tflops" else prefill_ratio
         if drop is None:
-            raise ValueError(f"no {settings.metric} on the tuning split (no labelled sample): use --metric agreement")
+            raise ValueError(f"no {settings.metric} on the tuning split (no sample has what it needs: a label, a "
+                             "reference, an open-ended answer): use --metric agreement")
         attrs = {**_drops(comparison), "drop_ci_high": high, "paper_tflops_ratio": comparison["paper_tflops_ratio"],
                  "prefill_ratio": prefill_ratio, "total_ratio": paired_ratio(pairs, "total_ms"),
                  "timed_batches": len(pairs), "feasible": drop <= settings.max_drop + 1e-9,
@@ -341,7 +363,7 @@ def _tune(settings: TuneSettings, db_url: str | None, log: Callable[[str], None]
         return (compute, drop) if settings.multi_objective else compute
 
     drop_attr = DROP_ATTRS[settings.metric]
-    drop_name = {"f1_macro": "F1", "accuracy": "accuracy", "agreement": "answers changed"}[settings.metric]
+    drop_name = DROP_NAMES.get(settings.metric, settings.metric.replace("_", " "))
 
     def report(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         attrs = trial.user_attrs

@@ -23,18 +23,25 @@ Decisions a caller should know:
   while this function opens and decodes a file it holds a module lock and sets Pillow's two globals
   (``Image.MAX_IMAGE_PIXELS`` to :data:`MAX_PIXELS`, ``ImageFile.LOAD_TRUNCATED_IMAGES`` to False), restoring
   them afterwards. Decoding through this function is therefore serialised within a process.
+* Images kept inside a dataset's files (parquet, arrow) come as an :class:`EmbeddedImage`: its bytes are read
+  (:meth:`EmbeddedImage.read_bytes`) only when the image is loaded, so a dataset never holds all its images in
+  memory; the checks above are the same, and errors name the image's :attr:`~EmbeddedImage.name`.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import threading
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
-__all__ = ["MAX_PIXELS", "ImageError", "load_image"]
+__all__ = ["MAX_PIXELS", "BytesImage", "EmbeddedImage", "ImageError", "load_image"]
 
 MAX_PIXELS = 40_000 * 40_000
 """Images with more pixels than this are refused."""
@@ -44,20 +51,52 @@ _PILLOW_GLOBALS_LOCK = threading.Lock()
 
 
 class ImageError(Exception):
-    """An image that cannot be used; the message names the file and the reason."""
+    """An image that cannot be used; the message names the file (or the embedded image) and the reason."""
 
 
-def load_image(path: str | os.PathLike[str], max_side: int = 2048) -> Image.Image:
-    """Return the image at ``path`` as RGB, EXIF-oriented, shrunk to fit ``max_side`` x ``max_side``."""
+@dataclass(frozen=True)
+class EmbeddedImage(ABC):
+    """An image stored inside a dataset file, read on demand; subclasses say where the bytes are.
+
+    Keep subclasses small and picklable (paths and indices, not open files or tables): a dataset has one per
+    item, and the bytes are fetched only by :func:`load_image`.
+    """
+
+    name: str
+    """Names the image in error messages, e.g. ``data/train-0.parquet row 17 column image``."""
+
+    @abstractmethod
+    def read_bytes(self) -> bytes:
+        """The encoded image (PNG, JPEG, ...). May raise :class:`ImageError` or ``OSError``."""
+
+
+@dataclass(frozen=True)
+class BytesImage(EmbeddedImage):
+    """Encoded image bytes already in memory (small datasets, tests)."""
+
+    data: bytes = field(repr=False)
+
+    def read_bytes(self) -> bytes:
+        return self.data
+
+
+def load_image(source: str | os.PathLike[str] | EmbeddedImage, max_side: int = 2048) -> Image.Image:
+    """Return the image at ``source`` (a path, or an :class:`EmbeddedImage`) as RGB, EXIF-oriented, shrunk to fit
+    ``max_side`` x ``max_side``."""
     if max_side < 1:
         raise ValueError(f"max_side must be at least 1, got {max_side}")
-    path = Path(path)
-    img = _decode(path, max_side)
+    if isinstance(source, EmbeddedImage):
+        name = source.name
+        fp: BinaryIO = io.BytesIO(_embedded_bytes(source))
+    else:
+        name = str(Path(source))
+        fp = _open_file(Path(source))
+    img = _decode(fp, name, max_side)
     try:
         img = _to_rgb(img)
         img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     except Exception as exc:
-        raise ImageError(f"{path}: cannot convert the image ({_reason(exc)})") from exc
+        raise ImageError(f"{name}: cannot convert the image ({_reason(exc)})") from exc
     return img
 
 
@@ -72,10 +111,23 @@ def _fit(size: tuple[int, int], max_side: int) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def _decode(path: Path, max_side: int) -> Image.Image:
-    """Open, check the size, draft (JPEG) and fully load ``path``; the file is closed on return."""
+def _embedded_bytes(image: EmbeddedImage) -> bytes:
     try:
-        fp = open(path, "rb")  # noqa: SIM115 - closed in the finally below
+        data = image.read_bytes()
+    except ImageError:
+        raise
+    except Exception as exc:  # a reader's OSError, pyarrow error, ...: that sample's error, not the run's
+        raise ImageError(f"{image.name}: cannot read the image bytes ({_reason(exc)})") from exc
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise ImageError(f"{image.name}: the image reader returned {type(data).__name__}, not bytes")
+    if not data:
+        raise ImageError(f"{image.name}: the image is empty (0 bytes)")
+    return bytes(data)
+
+
+def _open_file(path: Path) -> BinaryIO:
+    try:
+        return open(path, "rb")  # noqa: SIM115 - closed by _decode
     except FileNotFoundError as exc:
         raise ImageError(f"{path}: image file not found") from exc
     except IsADirectoryError as exc:
@@ -83,6 +135,9 @@ def _decode(path: Path, max_side: int) -> Image.Image:
     except OSError as exc:
         raise ImageError(f"{path}: cannot open the image ({exc.strerror or exc})") from exc
 
+
+def _decode(fp: BinaryIO, name: str, max_side: int) -> Image.Image:
+    """Open, check the size, draft (JPEG) and fully load the image in ``fp``; ``fp`` is closed on return."""
     try:
         with _PILLOW_GLOBALS_LOCK:
             saved = Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES
@@ -92,7 +147,7 @@ def _decode(path: Path, max_side: int) -> Image.Image:
                 width, height = img.size
                 if width * height > MAX_PIXELS:
                     raise ImageError(
-                        f"{path}: image is {width} x {height} pixels, over the limit of 40,000 x 40,000 "
+                        f"{name}: image is {width} x {height} pixels, over the limit of 40,000 x 40,000 "
                         f"({MAX_PIXELS:,} pixels)"
                     )
                 if img.format == "JPEG":
@@ -107,11 +162,11 @@ def _decode(path: Path, max_side: int) -> Image.Image:
     except ImageError:
         raise
     except Image.UnidentifiedImageError as exc:
-        raise ImageError(f"{path}: not an image Pillow can read (unknown or corrupt format)") from exc
+        raise ImageError(f"{name}: not an image Pillow can read (unknown or corrupt format)") from exc
     except Image.DecompressionBombError as exc:
-        raise ImageError(f"{path}: image is too large ({exc})") from exc
+        raise ImageError(f"{name}: image is too large ({exc})") from exc
     except Exception as exc:  # decoders raise OSError, SyntaxError, ValueError, struct.error, ...
-        raise ImageError(f"{path}: cannot decode the image, it may be corrupt or truncated ({_reason(exc)})") from exc
+        raise ImageError(f"{name}: cannot decode the image, it may be corrupt or truncated ({_reason(exc)})") from exc
     finally:
         fp.close()
     return img

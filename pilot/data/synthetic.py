@@ -560,6 +560,34 @@ def write_dataset(out_dir: str | Path, n: int, seed: int, progress: bool = False
     return manifest
 
 
+def descriptions(layout: dict[str, str]) -> list[str]:
+    """Every correct answer to ``CAPTION_QUESTION`` for a part: each quarter's name and its defect kind or "none",
+    the quarters in any of their 24 orders (the model was trained on random orders, so none is the one)."""
+    from itertools import permutations
+
+    return [" ".join(f"{q} {layout.get(q, 'none')}" for q in order) for order in permutations(QUADRANTS)]
+
+
+def write_text_manifest(out_dir: str | Path) -> Path:
+    """The demo's open-ended task beside its label task: ``manifest-text.csv`` over the same images, each row
+    asking ``CAPTION_QUESTION`` (task ``text``) with its correct descriptions as references (``answers``, a JSON
+    list), read off ``annotations.jsonl``; return its path. The defect kind in each quarter is what pruning
+    can lose: a description with one quarter wrong scores ANLS 0.9 or so, exact match 0."""
+    out_dir = Path(out_dir)
+    manifest = out_dir / "manifest-text.csv"
+    rows = [json.loads(line) for line in (out_dir / "annotations.jsonl").read_text(encoding="utf-8").splitlines()]
+    partial_path = manifest.with_suffix(".csv.partial")  # a reader never sees half a manifest
+    with partial_path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["id", "image", "task", "question", "answers"])
+        for row in rows:
+            layout = {d["quadrant"]: d["kind"] for d in row["defects"]}
+            writer.writerow([row["id"], f"images/{row['id']}.png", "text", CAPTION_QUESTION,
+                             json.dumps(descriptions(layout))])
+    partial_path.replace(manifest)
+    return manifest
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Write the synthetic inspection dataset.")
     parser.add_argument("--out", required=True, help="output directory (created)")

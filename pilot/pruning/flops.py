@@ -651,3 +651,19 @@ def estimate(
         "full_baseline_tflops": baseline_full / 1e12,
         "full_pruned_tflops": pruned_full / 1e12,
     }
+
+
+def kv_cache_bytes(dims: ModelDims, visual_per_layer: Sequence[int], other_tokens: int,
+                   windows: Sequence[int | None] | None = None, element_bytes: int = 2) -> int:
+    """Bytes of one sample's KV cache: per layer, keys and values of its tokens there (the visual tokens that
+    layer keeps, ``visual_per_layer[l]``, and ``other_tokens``: text and output), at most the layer's sliding
+    window (``windows[l]``; None: full attention). This is what pruning frees per concurrent request."""
+    per_token = 2 * dims.kv_heads * dims.head_dim * element_bytes
+    windows = windows or [None] * len(visual_per_layer)
+    if len(windows) != len(visual_per_layer):
+        raise ValueError(f"{len(visual_per_layer)} layers of visual counts but {len(windows)} windows")
+    total = 0
+    for visual, window in zip(visual_per_layer, windows, strict=True):
+        tokens = visual + other_tokens
+        total += min(tokens, window) if window else tokens
+    return total * per_token

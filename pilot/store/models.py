@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     CheckConstraint,
     DateTime,
@@ -193,6 +194,19 @@ class SampleResult(Base):
     peak_memory_mb: Mapped[float | None] = mapped_column(Float)
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # Open-ended tasks (revision 0005; None before: label). ``references``: the row's reference answers (json: one
+    # object's text); ``scores``: its task's per-sample metrics (pilot.scoring), None without references.
+    task: Mapped[str | None] = mapped_column(String(16))
+    references: Mapped[list[str] | None] = mapped_column(JSON)
+    scores: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Generation as served: output tokens to end of sequence, time to first token, time per later token, the KV
+    # cache held at the last token, "stop" or "length" (cut at max_new_tokens), and whether the bytes were UTF-8.
+    output_tokens: Mapped[int | None] = mapped_column(Integer)
+    ttft_ms: Mapped[float | None] = mapped_column(Float)
+    tpot_ms: Mapped[float | None] = mapped_column(Float)
+    kv_cache_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    finish_reason: Mapped[str | None] = mapped_column(String(16))
+    utf8_valid: Mapped[bool | None] = mapped_column(Boolean)
     # The worker that computed it (None: stored before revision 0004); the report counts results per worker and
     # compares latencies from one kind of device only.
     worker_id: Mapped[int | None] = mapped_column(ForeignKey("workers.id", ondelete="SET NULL"), index=True)
