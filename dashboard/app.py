@@ -56,6 +56,21 @@ def _image_paths(manifest: str | None, labels: tuple[str, ...], template: str | 
     return data.image_paths(manifest, labels, template, demo, options)
 
 
+def _run_images(info: dict, labels) -> dict:
+    """Sample id -> image of the run's dataset (its manifest or Hugging Face dataset, with the run's options)."""
+    settings = info["settings"]
+    return _image_paths(info.get("manifest_path"), tuple(labels), settings.get("prompt_template"),
+                        settings.get("dataset") is None, data.dataset_options(settings))
+
+
+def _page(n_rows: int, key: str) -> int:
+    """The page of ``PAGE_SIZE`` rows to show (a number input when there is more than one)."""
+    pages = (n_rows + PAGE_SIZE - 1) // PAGE_SIZE
+    if pages <= 1:
+        return 1
+    return int(st.number_input(f"Page (of {pages})", min_value=1, max_value=pages, value=1, step=1, key=key))
+
+
 @st.cache_data(show_spinner=False, ttl=10)
 def _list_studies(url: str) -> list[dict]:
     return data.list_studies(_engine(url), url)
@@ -396,14 +411,8 @@ def disagreement_section(info: dict, report: dict, samples: pd.DataFrame) -> Non
         return
     st.markdown(f"**{len(rows)}** sample(s) where **{arm}** answers differently from the baseline. Each picture: "
                 "dimmed patches were dropped, outlined patches kept, one picture per pruning stage.")
-    pages = (len(rows) + PAGE_SIZE - 1) // PAGE_SIZE
-    page = 1
-    if pages > 1:
-        page = int(st.number_input(f"Page (of {pages})", min_value=1, max_value=pages, value=1, step=1,
-                                   key="disagree_page"))
-    settings = info["settings"]
-    paths = _image_paths(info.get("manifest_path"), tuple(labels), settings.get("prompt_template"),
-                         settings.get("dataset") is None, data.dataset_options(settings))
+    page = _page(len(rows), "disagree_page")
+    paths = _run_images(info, labels)
     chunk = rows.iloc[(page - 1) * PAGE_SIZE: page * PAGE_SIZE]
     columns = st.columns(2)
     for i, row in enumerate(chunk.itertuples(index=False)):
@@ -481,15 +490,8 @@ def worst_hit_section(info: dict, report: dict, samples: pd.DataFrame, metric: s
     st.markdown(f"**{len(hit)}** of {len(rows)} open-ended answers lost under **{arm}**, worst first: ranked by "
                 f"{ranked}. Struck through in red: words of the baseline's answer the pruned arm dropped; green: "
                 "words it added. Right: the patches it kept (dimmed: dropped).")
-    pages = (len(hit) + PAGE_SIZE - 1) // PAGE_SIZE
-    page = 1
-    if pages > 1:
-        page = int(st.number_input(f"Page (of {pages})", min_value=1, max_value=pages, value=1, step=1,
-                                   key="worst_page"))
-    settings = info["settings"]
-    labels = report.get("labels") or info["labels"]
-    paths = _image_paths(info.get("manifest_path"), tuple(labels), settings.get("prompt_template"),
-                         settings.get("dataset") is None, data.dataset_options(settings))
+    page = _page(len(hit), "worst_page")
+    paths = _run_images(info, report.get("labels") or info["labels"])
     for row in hit.iloc[(page - 1) * PAGE_SIZE: page * PAGE_SIZE].itertuples(index=False):
         with st.container(border=True):
             st.markdown(f"**{row.sample_id}** · {row.task} · {worst_hit_line(row)}")
