@@ -170,6 +170,10 @@ def test_tune_on_anls_reaches_a_verdict(text_manifest, tmp_path, capsys):
     verified = result["verified"][0]
     assert verified["verdict"]["metric"] == "anls" and verified["verdict"]["met_with_confidence"]
     assert verified["anls_drop"] is not None
+    from tuner.select import format_summary
+
+    summary = format_summary(result)
+    assert "ANLS drop at most 50.0 points" in summary and "macro-F1" not in summary
 
 
 def test_anls_budget_without_references_is_refused_with_the_way_out(tmp_path, capsys):

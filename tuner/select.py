@@ -123,7 +123,9 @@ def _change(verdict: dict, agreement: bool) -> str:
 
 def format_summary(result: dict) -> str:
     """The tuner's result as a short block a manager can read (``pilot tune`` prints it last)."""
-    metric = {"accuracy": "accuracy", "agreement": "answers changed"}.get(result.get("metric"), "macro-F1")
+    from pilot.plan import TITLES
+
+    metric = {"agreement": "answers changed", **TITLES}.get(result.get("metric"), "macro-F1")
     budget = result.get("max_drop")
     agreement = result.get("metric") == "agreement"
     lines = [f"== pilot tune: study {result.get('study')} =="]
