@@ -455,7 +455,11 @@ def _matched_groups(report: dict) -> list[str]:
     matched_to = report.get("matched_to") or {}
     if not matched_to:
         return []
-    by_name = {arm["name"]: arm for arm in report.get("arms") or []}
+    arms = report.get("arms") or []
+    by_name = {arm["name"]: arm for arm in arms}
+    # The quality each group is compared on: macro-F1, or ANLS for open-ended answers with references.
+    key, title = ("anls", "ΔANLS") if labelled_none(arms) and any(a.get("anls") is not None for a in arms) else \
+        ("f1", "ΔF1")
     lines = ["Matched compute: each TransPrune arm and its controls (paper TFLOPs within 1%; pooling has whole "
              "factors only: its nearest, marked)"]
     for leader in dict.fromkeys(entry["arm"] for entry in matched_to.values()):
@@ -464,13 +468,12 @@ def _matched_groups(report: dict) -> list[str]:
         for name, entry in members:
             arm = by_name.get(name) or {}
             vs = arm.get("vs_baseline") or {}
-            delta, ci = vs.get("f1_delta"), vs.get("f1_delta_ci")
+            delta, ci = vs.get(f"{key}_delta"), vs.get(f"{key}_delta_ci")
             ratio = vs.get("paper_tflops_ratio")
             note = "" if entry is None else (f"  {entry['relative_error']:+.1%} TFLOPs" +
                                             ("" if entry["matched"] else ", not matched"))
-            lines.append(f"    {name:<58} ΔF1 {_delta_ci(delta, ci):<24} TFLOPs x{_fixed(ratio)}{note}")
+            lines.append(f"    {name:<58} {title} {_delta_ci(delta, ci):<24} TFLOPs x{_fixed(ratio)}{note}")
     return lines
-
 
 
 def format_side_by_side(label_report: dict, text_report: dict) -> str:

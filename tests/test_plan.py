@@ -242,3 +242,21 @@ def test_vs_baseline_plan_reads_the_similarity_spread():
     assert sd == pytest.approx(np.std(sims, ddof=1))
     assert plan["drop"] == pytest.approx(drop) and plan["method"] == "observed spread"
     assert plan["samples_needed"] == math.ceil((Z * sd / (0.015 - drop)) ** 2 - 1e-9)
+
+
+def test_open_ended_report_compares_matched_controls_on_anls():
+    """A run of open-ended answers with references: the report's matched-compute groups show ΔANLS, not ΔF1."""
+    from pilot.report import format_report
+
+    rng = np.random.default_rng(2)
+    base, prun = _scored_pair(200, rng)
+    comparison = compare(base, prun, [], resamples=200)
+    arm = {"n": 200, "n_labelled": 0, "n_referenced": 200, "anls": 0.8}
+    report = {"run_id": 1, "name": "r", "arms": [
+        {**arm, "name": "baseline", "strategy": "baseline", "vs_baseline": None},
+        {**arm, "name": "transprune", "strategy": "transprune", "vs_baseline": comparison},
+        {**arm, "name": "random", "strategy": "random", "vs_baseline": comparison}],
+        "matched_to": {"random": {"arm": "transprune", "relative_error": 0.0, "matched": True}}}
+    text = format_report(report, 0.02, "anls")
+    group = text[text.index("Matched compute"):]
+    assert f"ΔANLS {comparison['anls_delta']:+.3f}" in group and "ΔF1" not in group
