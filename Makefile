@@ -57,14 +57,14 @@ lock: $(PY)
 	    --generate-hashes --find-links $(TORCH_WHEELS) --quiet -o requirements.lock
 	@echo "requirements.lock updated: run 'make test', then commit it."
 
-# The newest release of every dependency (torch stays the CPU build), in a throwaway venv: an
+# The newest release of every dependency (torch stays the CPU build: requirements.in pins it), in a throwaway venv: an
 # upstream release that breaks us shows up here, not in a fresh `make test` (which keeps the lock).
 test-latest: | python-check
 	rm -rf $(LATEST)
 	$(PYTHON) -m venv $(LATEST)
 	$(LATEST)/bin/pip install --quiet --upgrade pip
 	$(LATEST)/bin/pip install --quiet torch==2.13.0
-	$(LATEST)/bin/pip install --quiet --upgrade --upgrade-strategy eager -e ".[dev]"
+	$(LATEST)/bin/pip install --quiet --upgrade --upgrade-strategy eager -e ".[dev]" --constraint requirements.in
 	$(LATEST)/bin/python -m pip check
 	$(LATEST)/bin/python scripts/compare_lock.py requirements.lock
 	$(LATEST)/bin/python -m pytest -q
