@@ -182,6 +182,25 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(args.db, limit=args.limit, trials=args.trials)
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from pilot.serve.server import serve
+    from pilot.serve.settings import ServeSettings
+
+    settings = ServeSettings(
+        model=args.model, arm=args.arm, from_study=args.from_study, shadow=args.shadow, shadow_rate=args.shadow_rate,
+        host=args.host, port=args.port, api_key=args.api_key, allow_dirs=args.allow_dir or [],
+        max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
+        max_new_tokens=args.max_new_tokens, max_images=args.max_images, max_body_mb=args.max_body_mb,
+        max_image_mb=args.max_image_mb, max_image_megapixels=args.max_image_megapixels, device=args.device,
+        dtype=args.dtype, threads=args.threads, served_model_name=args.served_model_name, db=args.db,
+        run_name=args.run_name,
+        shadow_batch_size=args.shadow_batch_size, shadow_queue_max=args.shadow_queue_max,
+        shadow_summary_every=args.shadow_summary_every,
+        shadow_drain_s=args.shadow_drain_s, shutdown_timeout_s=args.shutdown_timeout_s, log_level=args.log_level,
+    )
+    return serve(settings)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pilot", description="Pilot TransPrune on your own LLaVA workload.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -295,6 +314,51 @@ def build_parser() -> argparse.ArgumentParser:
     dashboard.add_argument("--port", type=int, default=8501)
     dashboard.add_argument("--host", default="127.0.0.1", help="bind address (default: this machine only)")
     dashboard.set_defaults(func=_dashboard)
+
+    serve = commands.add_parser("serve", help="an OpenAI-compatible endpoint serving one arm (optional shadow A/B)")
+    serve.add_argument("--model", help="checkpoint folder or demo (default: the study's model with --from-study, "
+                                       "else the embedded demo)")
+    serve.add_argument("--arm", help="the strategy to serve, e.g. baseline or transprune:prune_after=4/6/9,...")
+    serve.add_argument("--from-study", metavar="NAME", help="serve the verified recommendation of `pilot tune --study "
+                                                            "NAME` (read from --db)")
+    serve.add_argument("--shadow", metavar="SPEC", help="shadow A/B: also run a sampled share of requests through "
+                                                        "this arm after answering (e.g. baseline), stored as a run")
+    serve.add_argument("--shadow-rate", type=float, default=0.1, help="share of requests shadowed (default 0.1)")
+    serve.add_argument("--run-name", help="the shadow run's name (default live-MODEL-TIME-ID; an existing run with "
+                                          "the same arms and model is continued)")
+    serve.add_argument("--db", help="store of the shadow run and of --from-study (default ./pilot.db)")
+    serve.add_argument("--host", default="127.0.0.1", help="bind address (default: this machine only)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port, logged)")
+    serve.add_argument("--api-key", help="the key every route but /health requires (default: $PILOT_API_KEY)")
+    serve.add_argument("--allow-dir", action="append", metavar="DIR",
+                       help="local image paths are read only under this directory; repeat (default: none, data "
+                            "URLs only)")
+    serve.add_argument("--max-batch-size", type=int, default=8, help="requests per batch (default 8)")
+    serve.add_argument("--max-wait-ms", type=float, default=50.0,
+                       help="how long a batch waits for requests still being read (default 50; none: no wait)")
+    serve.add_argument("--max-queue", type=int, default=256, help="waiting requests beyond this get a 503")
+    serve.add_argument("--max-new-tokens", type=int, default=256,
+                       help="a request's max_tokens: default and upper limit (default 256)")
+    serve.add_argument("--max-images", type=int, help="images per request (default: 1 for LLaVA-1.5/NeXT, else 8)")
+    serve.add_argument("--max-body-mb", type=float, default=20.0, help="request body limit (default 20 MiB)")
+    serve.add_argument("--max-image-mb", type=float, default=10.0, help="one encoded image (default 10 MiB)")
+    serve.add_argument("--max-image-megapixels", type=float, default=40.0, help="one decoded image (default 40)")
+    serve.add_argument("--served-model-name", help="the model name clients send (default: demo or the folder name)")
+    serve.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    serve.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
+    serve.add_argument("--threads", type=int, help="torch threads for the model (default: torch's, the cores; on a "
+                                                   "shared CPU fewer threads than cores avoid stalls)")
+    serve.add_argument("--shadow-batch-size", type=int, default=4, help="requests per shadow batch (default 4)")
+    serve.add_argument("--shadow-queue-max", type=int, default=1000,
+                       help="sampled requests waiting for an idle moment; beyond it they are dropped (counted)")
+    serve.add_argument("--shadow-summary-every", type=int, default=100,
+                       help="stored pairs between summary writes (default 100; and at shutdown)")
+    serve.add_argument("--shadow-drain-s", type=float, default=5.0,
+                       help="at shutdown, pending shadow work for up to this long (default 5 s)")
+    serve.add_argument("--shutdown-timeout-s", type=float, default=30.0,
+                       help="after SIGTERM, in-flight requests get this long to finish (default 30 s)")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.set_defaults(func=_serve)
 
     demo = commands.add_parser("demo", help="the whole loop on the embedded default")
     demo.add_argument("--db")

@@ -344,7 +344,7 @@ def generate_batch(loaded: LoadedModel, strategy_text: str, inputs: dict, limits
     model = loaded.model
     strategy = parse(strategy_text)
     tokenizer = loaded.processor.tokenizer
-    stop_ids = _stop_ids(model, tokenizer)
+    stop_ids = stop_token_ids(model, tokenizer)
     clock = _FirstTokenClock(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -442,7 +442,7 @@ def result_rows(loaded: LoadedModel, items: Sequence[Item], inputs: dict, genera
     return rows
 
 
-def _stop_ids(model, tokenizer) -> set[int]:
+def stop_token_ids(model: torch.nn.Module, tokenizer) -> set[int]:
     """Token ids that end an answer: the generation config's end-of-sequence ids, else the tokenizer's."""
     eos = getattr(model.generation_config, "eos_token_id", None)
     if eos is None:
