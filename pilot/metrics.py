@@ -27,6 +27,8 @@ import numpy as np
 from scipy import stats
 from sklearn.metrics import f1_score
 
+from pilot.scoring import score_vs_baseline
+
 INVALID = "invalid"
 UNLABELLED = ""  # pilot.data.manifest.UNLABELLED (no torch or data imports here)
 OPEN_TASKS = ("text", "json")
@@ -476,8 +478,6 @@ def _vs_baseline(b: Sequence[Outcome], p: Sequence[Outcome], rng: np.random.Gene
     """Open-ended answers without references: each pruned answer scored against the baseline's (ANLS and token
     F1 with bootstrap 95% intervals), the share of answers that changed (Wilson 95%) and the mean change in
     answer length (characters, pruned - baseline)."""
-    from pilot.scoring import score_vs_baseline
-
     pairs = [(ob, op) for ob, op in zip(b, p, strict=True)
              if ob.open_ended and ob.answer_text is not None and op.answer_text is not None]
     scores = [score_vs_baseline(op.answer_text, ob.answer_text) for ob, op in pairs]

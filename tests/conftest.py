@@ -110,6 +110,14 @@ def checkpoint(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def demo():
+    """The shipped demo model, loaded once for the session (tests detach what they attach)."""
+    from pilot.models import load
+
+    return load("demo")
+
+
+@pytest.fixture(scope="session")
 def manifest(tmp_path_factory):
     from pilot.data import synthetic
 

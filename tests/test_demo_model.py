@@ -13,11 +13,6 @@ from pilot.data.answers import parse_answer
 from pilot.models import DEMO_CHECKPOINT, load
 
 
-@pytest.fixture(scope="module")
-def demo():
-    return load("demo")
-
-
 def test_demo_checkpoint_is_a_standard_llava_folder(demo):
     assert demo.name == "demo" and demo.family == "llava" and demo.model_class == "LlavaForConditionalGeneration"
     assert demo.depth >= 12

@@ -15,18 +15,12 @@ from sqlalchemy import select
 from pilot.cli import main
 from pilot.data import synthetic
 from pilot.data.hf import open_dataset
-from pilot.models import load
 from pilot.pruning.flops import ModelDims
 from pilot.runner import TASK_MAX_NEW_TOKENS, prepare_batch, run_arm_batch
 from pilot.store import models as db
 from pilot.store import open_store
 
 ARMS = ["baseline", "transprune:positions=original", "random:prune_after=1,keep=0.1"]
-
-
-@pytest.fixture(scope="module")
-def demo():
-    return load("demo")
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,6 @@ from sqlalchemy import select
 from pilot.cli import main
 from pilot.data.manifest import load_manifest
 from pilot.data.synthetic import CAPTION_QUESTION
-from pilot.models import load
 from pilot.runner import generate_batch, prepare_batch, run_arm_batch
 from pilot.serve.batcher import Preempted, preemptible
 from pilot.serve.server import Runtime, resolve_arm, running, serve
@@ -31,11 +30,6 @@ from pilot.store import open_store
 RECOMMENDED = "transprune:prune_after=4/6/9,keep=0.7756/0.7723/0.7572,accumulate_from=2,alpha=0.945,positions=original"
 KEY = "shadow-test-key"
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(scope="module")
-def demo():
-    return load("demo")
 
 
 @pytest.fixture(scope="module")
