@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pilot.pruning import NoPrune, TransPrune, attach, parse  # noqa: E402
 from pilot.pruning.flops import ModelDims, full_prefill_flops, paper_flops  # noqa: E402
-from pilot.pruning.random_models import (  # noqa: E402
+from pilot.testing.random_models import (  # noqa: E402
     IMAGE_TOKEN,
     QWEN_IMAGE_TOKEN,
     QWEN_VISION_END,

@@ -241,15 +241,6 @@ def prepare_batch(loaded: LoadedModel, items: Sequence[Item], device: torch.devi
     return PreparedBatch(good, inputs, errors)
 
 
-def _crops(loaded: LoadedModel, inputs: dict, row: int) -> int:
-    """LLaVA-NeXT's vision-tower crops of one sample: the base and the anyres tiles."""
-    from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
-
-    config = loaded.model.config
-    return image_size_to_num_patches(inputs["image_sizes"][row].tolist(), config.image_grid_pinpoints,
-                                     config.vision_config.image_size)
-
-
 def sample_grids(loaded: LoadedModel, inputs: dict) -> tuple[list[list[list[int]] | None], list[list | None]]:
     """Per sample, the token grids of its images, in visual-token order, and its ``image_grid_thw`` rows.
 
@@ -409,15 +400,8 @@ def result_rows(loaded: LoadedModel, items: Sequence[Item], inputs: dict, genera
         text_tokens = int(valid.sum()) - n_visual
         # The instruction: the text after the last visual token (TransPrune's IGA queries).
         instruction = int(len(ids) - 1 - visual_positions.max()) if len(visual_positions) else 0
-        if dims.dynamic_resolution:  # the tower sees every original token, whatever the pruning
-            thw = grid_thw[row]
-            if thw is not None and sum(t * h * w for t, h, w in thw) != n_visual * dims.spatial_merge**2:
-                thw = None  # video tokens too: size the tower by the count alone
-            tower = {"visual_tokens_original": n_visual, "image_grids": thw}
-        elif loaded.family == "llava_next":  # exact crops from the image size (the count alone rounds)
-            tower = {"crops": _crops(loaded, inputs, row)}
-        else:  # fixed crops: the tower's crops follow from the original tokens
-            tower = {"visual_tokens_original": n_visual}
+        # The tower sees every original token, whatever the pruning: the adapter says how to size it.
+        tower = loaded.adapter.tower_size(dims, model, inputs, row, n_visual, grid_thw[row])
         prediction, correct, scores = _score(item, texts[row], labels)
         output_tokens = len(generated[row][0])
         rows.append({

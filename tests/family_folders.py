@@ -2,7 +2,7 @@
 
 Like ``tests/qwen_folder.py`` for Qwen2.5-VL: ``config.json``, safetensors weights, a word-level
 tokenizer over the demo task's words with the family's special tokens at the ids the tiny model
-uses (``pilot.pruning.random_models``), the family's image processor shrunk to the tiny model's
+uses (``pilot.testing.random_models``), the family's image processor shrunk to the tiny model's
 tile size, and a chat template in the family's style. No downloads.
 
 InternVL (``InternVLProcessor``, ``GotOcr2ImageProcessorPil``): an image is cut into a
@@ -76,7 +76,7 @@ def build_internvl_processor(tile: int = 32, tokens_per_tile: int = 16, max_tile
 
 def save_tiny_internvl(folder: str | Path, *, layers: int = 4, seed: int = 0, max_tiles: int = 4) -> Path:
     """Build and save a tiny InternVL (32 px tiles of 4 x 4 tokens), its tokenizer and processor into ``folder``."""
-    from pilot.pruning import random_models as rm
+    from pilot.testing import random_models as rm
 
     folder = Path(folder)
     processor = build_internvl_processor(max_tiles=max_tiles)
@@ -129,7 +129,7 @@ def build_smolvlm_processor(tile: int = 32, tokens_per_tile: int = 16, longest: 
 
 def save_tiny_smolvlm(folder: str | Path, *, layers: int = 4, seed: int = 0) -> Path:
     """Build and save a tiny SmolVLM (32 px tiles of 4 x 4 tokens), its tokenizer and processor into ``folder``."""
-    from pilot.pruning import random_models as rm
+    from pilot.testing import random_models as rm
 
     folder = Path(folder)
     processor = build_smolvlm_processor()

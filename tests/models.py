@@ -1,10 +1,12 @@
-"""Small random-weight LLaVA and LLaVA-NeXT models built from configs, for tests and benchmarks."""
+"""Small random-weight models and their inputs, laid out as each family's processor lays them out."""
 
 from __future__ import annotations
 
 import torch
 
-from pilot.pruning.random_models import IMAGE_TOKEN, random_llava
+from pilot.pruning.families import onevision_image_grids
+from pilot.testing import random_models as rm
+from pilot.testing.random_models import IMAGE_TOKEN, random_llava
 
 VOCAB = 64
 
@@ -84,7 +86,7 @@ def qwen_inputs(model, images_per_sample, suffix_lengths, seed=0, video=None):
     2x2 patches merge into one token); ``video``: optional (frames, rows, cols) appended to the
     last sample as a video (frames a multiple of 2 for Qwen's temporal patches).
     """
-    from pilot.pruning.random_models import QWEN_IMAGE_TOKEN, QWEN_VIDEO_TOKEN, QWEN_VISION_END, QWEN_VISION_START
+    from pilot.testing.random_models import QWEN_IMAGE_TOKEN, QWEN_VIDEO_TOKEN, QWEN_VISION_END, QWEN_VISION_START
 
     generator = torch.Generator().manual_seed(seed)
     vision = model.config.vision_config
@@ -129,7 +131,7 @@ def qwen_inputs(model, images_per_sample, suffix_lengths, seed=0, video=None):
 def qwen_take(inputs: dict, row: int) -> dict:
     """One sample of a Qwen batch, padding removed, with only its own images' pixels and grids."""
     grids = inputs["image_grid_thw"]
-    from pilot.pruning.random_models import QWEN_IMAGE_TOKEN
+    from pilot.testing.random_models import QWEN_IMAGE_TOKEN
 
     keep = inputs["attention_mask"][row].bool()
     per_sample = [int(((inputs["input_ids"][r] == QWEN_IMAGE_TOKEN)).sum()) for r in range(len(inputs["input_ids"]))]
@@ -158,7 +160,7 @@ def qwen_take(inputs: dict, row: int) -> dict:
 def gemma_inputs(model, images_per_sample, suffix_lengths, seed=0):
     """A left-padded Gemma 3 batch: ``images_per_sample[i]`` images in sample i, each between
     begin- and end-of-image tokens, then an instruction of ``suffix_lengths[i]`` tokens."""
-    from pilot.pruning.random_models import GEMMA_BOI, GEMMA_EOI, GEMMA_IMAGE_TOKEN
+    from pilot.testing.random_models import GEMMA_BOI, GEMMA_EOI, GEMMA_IMAGE_TOKEN
 
     generator = torch.Generator().manual_seed(seed)
     per_image = model.config.mm_tokens_per_image
@@ -189,3 +191,114 @@ def gemma_take(inputs: dict, images_per_sample, row: int) -> dict:
         "token_type_ids": inputs["token_type_ids"][row : row + 1, keep],
         "pixel_values": inputs["pixel_values"][first : first + images_per_sample[row]],
     }
+
+
+# -- LLaVA-OneVision, InternVL, Mistral 3, SmolVLM / Idefics3: inputs as their processors make them --------
+def _pad(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    length = max(len(r) for r in rows)
+    ids = torch.tensor([[0] * (length - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (length - len(r)) + [1] * len(r) for r in rows])
+    return ids, mask
+
+
+def _text(generator, n: int) -> list[int]:
+    return torch.randint(11, 60, (n,), generator=generator).tolist()
+
+
+def onevision_inputs(model, samples, suffixes, seed=0):
+    """``samples``: per sample, the (height, width) of its images; one image is anyres, several
+    are each a base grid and a newline (``batch_num_images``)."""
+    from transformers.models.llava_onevision.modeling_llava_onevision import image_size_to_num_patches
+
+    generator = torch.Generator().manual_seed(seed)
+    config = model.config
+    crop = config.vision_config.image_size
+    rows, counts, sizes, patches = [], [], [], []
+    for images, after in zip(samples, suffixes, strict=True):
+        row, count, multi = [1, 9], 0, len(images) > 1
+        for size in images:
+            n = sum(g.length for g in onevision_image_grids(config, size, multi))
+            row += [rm.ONEVISION_IMAGE_TOKEN] * n + [10]
+            count += n
+            sizes.append(size)
+            patches.append(1 if multi else image_size_to_num_patches(size, config.image_grid_pinpoints, crop))
+        rows.append(row + _text(generator, after))
+        counts.append(count)
+    ids, mask = _pad(rows)
+    pixel_values = torch.zeros(len(sizes), max(patches), 3, crop, crop)
+    for i, n in enumerate(patches):
+        pixel_values[i, :n] = torch.randn(n, 3, crop, crop, generator=generator)
+    return {"input_ids": ids, "attention_mask": mask, "pixel_values": pixel_values,
+            "image_sizes": torch.tensor(sizes), "batch_num_images": torch.tensor([len(s) for s in samples])}, counts
+
+
+def internvl_inputs(model, samples, suffixes, seed=0):
+    """``samples``: per sample, the tile count of each image (thumbnail included)."""
+    generator = torch.Generator().manual_seed(seed)
+    size = model.config.vision_config.image_size[0]
+    tile = model.config.image_seq_length
+    rows, counts, tiles = [], [], 0
+    for images, after in zip(samples, suffixes, strict=True):
+        row, count = [1, 9], 0
+        for n in images:
+            row += [rm.INTERNVL_IMG_START] + [rm.INTERNVL_IMAGE_TOKEN] * (tile * n) + [rm.INTERNVL_IMG_END, 10]
+            count += tile * n
+            tiles += n
+        rows.append(row + _text(generator, after))
+        counts.append(count)
+    ids, mask = _pad(rows)
+    pixel_values = torch.randn(tiles, 3, size, size, generator=generator)
+    return {"input_ids": ids, "attention_mask": mask, "pixel_values": pixel_values}, counts
+
+
+def mistral3_inputs(model, samples, suffixes, seed=0):
+    """``samples``: per sample, the (height, width) pixels of each image (multiples of 8)."""
+    generator = torch.Generator().manual_seed(seed)
+    step = model.config.vision_config.patch_size * model.config.spatial_merge_size
+    rows, counts, sizes = [], [], []
+    for images, after in zip(samples, suffixes, strict=True):
+        row, count = [1, 9], 0
+        for height, width in images:
+            tokens = ([rm.PIXTRAL_IMAGE_TOKEN] * (width // step) + [rm.PIXTRAL_IMG_BREAK]) * (height // step)
+            tokens[-1] = rm.PIXTRAL_IMG_END
+            row += tokens
+            count += (height // step) * (width // step)
+            sizes.append((height, width))
+        rows.append(row + [10] + _text(generator, after))
+        counts.append(count)
+    ids, mask = _pad(rows)
+    pixel_values = torch.zeros(len(sizes), 3, max(h for h, _ in sizes), max(w for _, w in sizes))
+    for i, (height, width) in enumerate(sizes):
+        pixel_values[i, :, :height, :width] = torch.randn(3, height, width, generator=generator)
+    return {"input_ids": ids, "attention_mask": mask, "pixel_values": pixel_values,
+            "image_sizes": torch.tensor(sizes)}, counts
+
+
+def smolvlm_inputs(model, samples, suffixes, seed=0):
+    """``samples``: per sample, the (rows, cols) of tiles of each image; (0, 0) is the global image
+    alone. Every image ends with its global image."""
+    generator = torch.Generator().manual_seed(seed)
+    vision = model.config.vision_config
+    size = vision.image_size
+    tile = (size // vision.patch_size // model.config.scale_factor) ** 2
+    rows, counts, per_sample = [], [], []
+    for images, after in zip(samples, suffixes, strict=True):
+        row, count, n = [1, 9], 0, 0
+        for tile_rows, tile_cols in images:
+            for i in range(tile_rows):
+                for j in range(tile_cols):
+                    row += [rm.SMOLVLM_FAKE_TOKEN, rm.SMOLVLM_FIRST_ROW_COL + 3 * i + j]
+                    row += [rm.SMOLVLM_IMAGE_TOKEN] * tile
+                row += [10]  # "\n" after each row of tiles
+            row += [10, rm.SMOLVLM_FAKE_TOKEN, rm.SMOLVLM_GLOBAL_IMG] + [rm.SMOLVLM_IMAGE_TOKEN] * tile
+            row += [rm.SMOLVLM_FAKE_TOKEN]
+            count += tile * (tile_rows * tile_cols + 1)
+            n += tile_rows * tile_cols + 1
+        rows.append(row + _text(generator, after))
+        counts.append(count)
+        per_sample.append(n)
+    ids, mask = _pad(rows)
+    pixel_values = torch.zeros(len(samples), max(per_sample), 3, size, size)  # all-zero images are padding
+    for i, n in enumerate(per_sample):
+        pixel_values[i, :n] = torch.randn(n, 3, size, size, generator=generator)
+    return {"input_ids": ids, "attention_mask": mask, "pixel_values": pixel_values}, counts

@@ -68,7 +68,7 @@ def build_processor(tokenizer, patch: int = 4, min_pixels: int = 32 * 32, max_pi
 
 def save_tiny_qwen2_5_vl(folder: str | Path, *, layers: int = 4, seed: int = 0, **processor_kwargs) -> Path:
     """Build and save the tiny model, tokenizer and processor into ``folder``; returns it."""
-    from pilot.pruning.random_models import random_qwen2_5_vl
+    from pilot.testing.random_models import random_qwen2_5_vl
 
     folder = Path(folder)
     tokenizer = build_tokenizer()

@@ -149,7 +149,7 @@ def test_controls_batch_equals_singles_and_cache_equals_recompute(llava_eager, s
 @torch.no_grad()
 @pytest.mark.parametrize("strategy", ["pdrop:prune_after=2/4,ratio=0.5", "divprune:keep=0.3", "fastv:after=2,keep=0.4"])
 def test_controls_run_on_qwen_with_original_positions(strategy):
-    from pilot.pruning.random_models import random_qwen3_vl
+    from pilot.testing.random_models import random_qwen3_vl
 
     model = random_qwen3_vl()
     inputs, counts = qwen_inputs(model, [[(8, 12)], [(4, 4), (8, 8)]], [4, 6])

@@ -1,7 +1,7 @@
 """The engine on LLaVA-OneVision, InternVL, Mistral 3 (Pixtral), SmolVLM and Idefics3, with the stock
 model as the oracle.
 
-Tiny random models built from configs (``pilot.pruning.random_models``); inputs as each
+Tiny random models built from configs (``pilot.testing.random_models``); inputs as each
 family's processor lays them out: OneVision's base grid + anyres grid with newline features (one
 image per sample) or base grid + one newline per image (several); InternVL's ``<img>`` + tiles x
 16 tokens + ``</img>``; Pixtral's rows of ``[IMG]`` with ``[IMG_BREAK]`` between and ``[IMG_END]``
@@ -19,11 +19,12 @@ import pytest
 import torch
 
 from pilot.pruning import FastV, NoPrune, RandomPrune, TokenPool, TransPrune, attach, parse
-from pilot.pruning import random_models as rm
 from pilot.pruning.families import GridSegment, for_model, onevision_image_grids
 from pilot.pruning.families.mistral3 import pixtral_images
 from pilot.pruning.strategies import kept_count
+from pilot.testing import random_models as rm
 from tests.checks import perturb_after
+from tests.models import internvl_inputs, mistral3_inputs, onevision_inputs, smolvlm_inputs
 
 KEEP_ALL = TransPrune(prune_after=(2, 3, 4), keep=(1.0, 1.0, 1.0))
 SCHEDULE = TransPrune(prune_after=(2, 3, 4), keep=(0.75, 0.5, 0.25))
@@ -38,117 +39,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-# -- inputs as the processors make them ----------------------------------------------------------
-def _pad(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    length = max(len(r) for r in rows)
-    ids = torch.tensor([[0] * (length - len(r)) + r for r in rows])
-    mask = torch.tensor([[0] * (length - len(r)) + [1] * len(r) for r in rows])
-    return ids, mask
-
-
-def _text(generator, n: int) -> list[int]:
-    return torch.randint(11, 60, (n,), generator=generator).tolist()
-
-
-def onevision_inputs(model, samples, suffixes, seed=0):
-    """``samples``: per sample, the (height, width) of its images; one image is anyres, several
-    are each a base grid and a newline (``batch_num_images``)."""
-    from transformers.models.llava_onevision.modeling_llava_onevision import image_size_to_num_patches
-
-    generator = torch.Generator().manual_seed(seed)
-    config = model.config
-    crop = config.vision_config.image_size
-    rows, counts, sizes, patches = [], [], [], []
-    for images, after in zip(samples, suffixes, strict=True):
-        row, count, multi = [1, 9], 0, len(images) > 1
-        for size in images:
-            n = sum(g.length for g in onevision_image_grids(config, size, multi))
-            row += [rm.ONEVISION_IMAGE_TOKEN] * n + [10]
-            count += n
-            sizes.append(size)
-            patches.append(1 if multi else image_size_to_num_patches(size, config.image_grid_pinpoints, crop))
-        rows.append(row + _text(generator, after))
-        counts.append(count)
-    ids, mask = _pad(rows)
-    pixel_values = torch.zeros(len(sizes), max(patches), 3, crop, crop)
-    for i, n in enumerate(patches):
-        pixel_values[i, :n] = torch.randn(n, 3, crop, crop, generator=generator)
-    return {"input_ids": ids, "attention_mask": mask, "pixel_values": pixel_values,
-            "image_sizes": torch.tensor(sizes), "batch_num_images": torch.tensor([len(s) for s in samples])}, counts
-
-
-def internvl_inputs(model, samples, suffixes, seed=0):
-    """``samples``: per sample, the tile count of each image (thumbnail included)."""
-    generator = torch.Generator().manual_seed(seed)
-    size = model.config.vision_config.image_size[0]
-    tile = model.config.image_seq_length
-    rows, counts, tiles = [], [], 0
-    for images, after in zip(samples, suffixes, strict=True):
-        row, count = [1, 9], 0
-        for n in images:
-            row += [rm.INTERNVL_IMG_START] + [rm.INTERNVL_IMAGE_TOKEN] * (tile * n) + [rm.INTERNVL_IMG_END, 10]
-            count += tile * n
-            tiles += n
-        rows.append(row + _text(generator, after))
-        counts.append(count)
-    ids, mask = _pad(rows)
-    pixel_values = torch.randn(tiles, 3, size, size, generator=generator)
-    return {"input_ids": ids, "attention_mask": mask, "pixel_values": pixel_values}, counts
-
-
-def mistral3_inputs(model, samples, suffixes, seed=0):
-    """``samples``: per sample, the (height, width) pixels of each image (multiples of 8)."""
-    generator = torch.Generator().manual_seed(seed)
-    step = model.config.vision_config.patch_size * model.config.spatial_merge_size
-    rows, counts, sizes = [], [], []
-    for images, after in zip(samples, suffixes, strict=True):
-        row, count = [1, 9], 0
-        for height, width in images:
-            tokens = ([rm.PIXTRAL_IMAGE_TOKEN] * (width // step) + [rm.PIXTRAL_IMG_BREAK]) * (height // step)
-            tokens[-1] = rm.PIXTRAL_IMG_END
-            row += tokens
-            count += (height // step) * (width // step)
-            sizes.append((height, width))
-        rows.append(row + [10] + _text(generator, after))
-        counts.append(count)
-    ids, mask = _pad(rows)
-    pixel_values = torch.zeros(len(sizes), 3, max(h for h, _ in sizes), max(w for _, w in sizes))
-    for i, (height, width) in enumerate(sizes):
-        pixel_values[i, :, :height, :width] = torch.randn(3, height, width, generator=generator)
-    return {"input_ids": ids, "attention_mask": mask, "pixel_values": pixel_values,
-            "image_sizes": torch.tensor(sizes)}, counts
-
-
-def smolvlm_inputs(model, samples, suffixes, seed=0):
-    """``samples``: per sample, the (rows, cols) of tiles of each image; (0, 0) is the global image
-    alone. Every image ends with its global image."""
-    generator = torch.Generator().manual_seed(seed)
-    vision = model.config.vision_config
-    size = vision.image_size
-    tile = (size // vision.patch_size // model.config.scale_factor) ** 2
-    rows, counts, per_sample = [], [], []
-    for images, after in zip(samples, suffixes, strict=True):
-        row, count, n = [1, 9], 0, 0
-        for tile_rows, tile_cols in images:
-            for i in range(tile_rows):
-                for j in range(tile_cols):
-                    row += [rm.SMOLVLM_FAKE_TOKEN, rm.SMOLVLM_FIRST_ROW_COL + 3 * i + j]
-                    row += [rm.SMOLVLM_IMAGE_TOKEN] * tile
-                row += [10]  # "\n" after each row of tiles
-            row += [10, rm.SMOLVLM_FAKE_TOKEN, rm.SMOLVLM_GLOBAL_IMG] + [rm.SMOLVLM_IMAGE_TOKEN] * tile
-            row += [rm.SMOLVLM_FAKE_TOKEN]
-            count += tile * (tile_rows * tile_cols + 1)
-            n += tile_rows * tile_cols + 1
-        rows.append(row + _text(generator, after))
-        counts.append(count)
-        per_sample.append(n)
-    ids, mask = _pad(rows)
-    pixel_values = torch.zeros(len(samples), max(per_sample), 3, size, size)  # all-zero images are padding
-    for i, n in enumerate(per_sample):
-        pixel_values[i, :n] = torch.randn(n, 3, size, size, generator=generator)
-    return {"input_ids": ids, "attention_mask": mask, "pixel_values": pixel_values}, counts
 
 
 def _take_text(inputs, row):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pilot.pruning import FastV, NoPrune, RandomPrune, TokenPool, TransPrune, attach
-from pilot.pruning.random_models import GEMMA_IMAGE_TOKEN, random_gemma3
+from pilot.testing.random_models import GEMMA_IMAGE_TOKEN, random_gemma3
 from tests.checks import perturb_after, reference_ttv
 from tests.models import gemma_inputs, gemma_take
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pilot.pruning import TransPrune, attach
-from pilot.pruning.random_models import random_gemma3, random_qwen2_5_vl, random_qwen3_vl
+from pilot.testing.random_models import random_gemma3, random_qwen2_5_vl, random_qwen3_vl
 from tests.models import gemma_inputs, next_inputs, qwen_inputs, tiny_llava_next
 
 SCHEDULE = TransPrune(prune_after=(1, 2), keep=(0.5, 0.5))

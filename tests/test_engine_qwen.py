@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pilot.pruning import FastV, NoPrune, RandomPrune, TokenPool, TransPrune, attach
-from pilot.pruning.random_models import random_qwen2_5_vl, random_qwen3_vl
+from pilot.testing.random_models import random_qwen2_5_vl, random_qwen3_vl
 from tests.checks import perturb_after, reference_ttv
 from tests.models import qwen_inputs, qwen_take
 

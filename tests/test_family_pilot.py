@@ -16,8 +16,8 @@ from PIL import Image
 
 from pilot.data import synthetic
 from pilot.models import load
-from pilot.pruning import random_models as rm
 from pilot.pruning.strategies import kept_count
+from pilot.testing import random_models as rm
 from tests.family_folders import save_tiny_internvl, save_tiny_smolvlm
 from tests.folder_pilot import assert_batched_equals_one_by_one, run_pilot_cli, stored
 

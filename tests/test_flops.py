@@ -18,7 +18,7 @@ from pilot.pruning.flops import (
     paper_flops,
     visual_tokens_per_layer,
 )
-from pilot.pruning.random_models import (
+from pilot.testing.random_models import (
     QWEN_IMAGE_TOKEN,
     QWEN_VISION_END,
     QWEN_VISION_START,

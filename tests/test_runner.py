@@ -236,7 +236,7 @@ def test_sample_grids_of_each_family():
     from pilot.models import LoadedModel
     from pilot.pruning import families
     from pilot.pruning.families import next_image_grids
-    from pilot.pruning.random_models import random_llava, random_qwen2_5_vl
+    from pilot.testing.random_models import random_llava, random_qwen2_5_vl
     from tests.models import llava_inputs, next_inputs, qwen_inputs
 
     def loaded(model):

@@ -22,9 +22,6 @@ from PIL import Image
 from pilot.data.images import BytesImage, ImageError, load_image
 from pilot.models import DEFAULT_PROMPT, LoadedModel
 
-# Families trained on one image per conversation; the others take several (``--max-images``, default 8).
-FAMILY_MAX_IMAGES = {"llava": 1, "llava_next": 1}
-DEFAULT_MAX_IMAGES = 8
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^,;]*)*),", re.IGNORECASE)
 _SCHEME = re.compile(r"^(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*):")
 

@@ -24,7 +24,7 @@ from pilot.models import LoadedModel, load
 from pilot.pruning import parse
 from pilot.serve import logs
 from pilot.serve.batcher import Batcher, model_lock
-from pilot.serve.chat import DEFAULT_MAX_IMAGES, FAMILY_MAX_IMAGES, Limits
+from pilot.serve.chat import Limits
 from pilot.serve.metrics import ServeMetrics
 from pilot.serve.settings import ServeSettings, check_arms, study_recommendation
 from pilot.serve.shadow import LiveRun, ShadowRunner, StoreWriter, live_run_settings
@@ -55,8 +55,8 @@ class Runtime:
         self.port: int | None = None
         parse(arm).resolve(loaded.depth)  # a schedule deeper than the model fails here, not on the first request
         max_images = settings.max_images
-        if max_images is None:
-            max_images = FAMILY_MAX_IMAGES.get(loaded.family, DEFAULT_MAX_IMAGES)
+        if max_images is None:  # the family's: 1 for those trained on one image per conversation
+            max_images = loaded.adapter.max_images
         self.limits = Limits(
             max_new_tokens=settings.max_new_tokens, max_images=max_images,
             max_image_bytes=int(settings.max_image_mb * MIB),

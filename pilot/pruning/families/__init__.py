@@ -1,12 +1,13 @@
-"""One adapter per model family; the engine asks ``for_model(model)`` and nothing else.
+"""One adapter per model family; the engine asks ``for_model(model)``, the cost model ``by_name(model_type)``.
 
-Adding a family is one module here (a ``Family`` subclass) plus its tests, and one line in
-``FAMILIES``.
+A family is one module here (a ``Family`` subclass: the engine's questions and, torch-free, the
+cost model's: dimensions, tower FLOPs, typical tokens, presets, images per prompt), its tests,
+and one line in ``FAMILIES``. The checklist is in docs/families.md.
 """
 
 from __future__ import annotations
 
-from torch import nn
+from typing import TYPE_CHECKING
 
 from pilot.pruning.families.base import (
     Family,
@@ -16,6 +17,7 @@ from pilot.pruning.families.base import (
     per_sample_visual,
     pool_visual,
 )
+from pilot.pruning.families.dims import ModelDims
 from pilot.pruning.families.gemma3 import Gemma3
 from pilot.pruning.families.internvl import InternVL
 from pilot.pruning.families.llava import Llava
@@ -26,11 +28,16 @@ from pilot.pruning.families.qwen2_5_vl import Qwen2_5_VL
 from pilot.pruning.families.qwen3_vl import Qwen3VL
 from pilot.pruning.families.smolvlm import Idefics3, SmolVLM
 
+if TYPE_CHECKING:
+    from torch import nn
+
 FAMILIES: tuple[Family, ...] = (
     Llava(), LlavaNext(), Qwen2_5_VL(), Qwen3VL(), Gemma3(),
     LlavaOnevision(), InternVL(), Mistral3(), SmolVLM(), Idefics3(),
 )
 SUPPORTED_CLASSES: tuple[str, ...] = tuple(name for family in FAMILIES for name in family.classes)
+# Config model_types the cost model reads (``ModelDims.from_config``).
+MODEL_TYPES: tuple[str, ...] = tuple(t for family in FAMILIES for t in (family.name, *family.model_types))
 
 
 def for_model(model: nn.Module) -> Family:
@@ -43,14 +50,20 @@ def for_model(model: nn.Module) -> Family:
 
 
 def by_name(name: str) -> Family:
-    """The adapter called ``name`` (a config's ``model_type``: llava, llava_next, qwen2_5_vl, ...)."""
+    """The adapter of a config's ``model_type`` (its ``name`` or one of its ``model_types``)."""
     for family in FAMILIES:
-        if family.name == name or (name == "qwen3_vl_moe" and family.name == "qwen3_vl"):
+        if name == family.name or name in family.model_types:
             return family
-    raise ValueError(f"model type {name!r} is not supported; supported: {', '.join(f.name for f in FAMILIES)}")
+    raise ValueError(f"model type {name!r} is not supported; supported: {', '.join(MODEL_TYPES)}")
+
+
+def presets() -> dict[str, dict]:
+    """Every family's presets (public config.json dimensions), by preset name."""
+    return {name: config for family in FAMILIES for name, config in family.presets.items()}
 
 
 __all__ = [
-    "FAMILIES", "SUPPORTED_CLASSES", "Family", "GridSegment", "VisualInputs", "by_name", "compact_positions",
-    "for_model", "next_image_grids", "onevision_image_grids", "per_sample_visual", "pool_visual",
+    "FAMILIES", "MODEL_TYPES", "SUPPORTED_CLASSES", "Family", "GridSegment", "ModelDims", "VisualInputs", "by_name",
+    "compact_positions", "for_model", "next_image_grids", "onevision_image_grids", "per_sample_visual", "pool_visual",
+    "presets",
 ]

@@ -12,7 +12,15 @@ family-agnostic loop needs (see ../shared/docs/model-families.md):
 5. ``visual_additions``: anything else the LM adds per visual token in some layers (DeepStack).
 6. The prefill attention pattern: every family here is plain causal; a family whose pattern the
    engine's masks cannot reproduce must refuse in ``check``.
-7. FLOPs dimensions live in ``pilot.pruning.flops`` (``ModelDims.from_config``).
+7. The cost model's questions, answered torch-free (``pilot flops``, the controls and the
+   dashboard ask them without loading torch; ``pilot.pruning.flops`` does the language model's
+   arithmetic): ``dims`` (a ``ModelDims`` from a config dict), ``vision_flops`` (the tower and
+   projector), ``typical_visual_tokens`` (``pilot flops``' default image), ``tower_size`` (how a
+   run's sample sizes the tower), ``presets`` (public dimensions of released checkpoints) and
+   ``max_images`` (images per prompt ``pilot serve`` accepts).
+
+Torch is imported inside the methods that need it, so that importing an adapter (for its cost
+side) does not import torch.
 
 Positions inside the engine are ``[batch, seq, axes]`` long tensors: one axis for 1-D schemes,
 three (temporal, height, width) for M-RoPE.
@@ -20,10 +28,15 @@ three (temporal, height, width) for M-RoPE.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
 
-import torch
-from torch import nn
+from pilot.pruning.families.dims import ModelDims, feature_layers, side, text_dims
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 SUPPORTED_ATTENTION = ("sdpa", "eager")
 
@@ -77,6 +90,12 @@ class Family:
     # (given, needed, why): when the forward gets ``given``, it needs ``needed`` too. The processor
     # returns both; inputs built by hand without it get one message naming it (``check_inputs``).
     required_inputs: tuple[tuple[str, str, str], ...] = ()
+    # -- 7. the cost model (torch-free) --
+    model_types: tuple[str, ...] = ()  # config model_types this adapter reads besides ``name``
+    presets: ClassVar[dict[str, dict]] = {}  # public config.json dimensions of released models, by preset name
+    # Images per prompt ``pilot serve`` accepts: as many as the processor and the model take.
+    max_images: int = 8
+    typical_crops: int = 1  # crops (tiles) of one typical image, for ``typical_visual_tokens``
 
     # -- 1. the decoder stack ----------------------------------------------------------------
     def language_model(self, model: nn.Module) -> nn.Module:
@@ -151,6 +170,8 @@ class Family:
         return None
 
     def _token_mask(self, model: nn.Module, inputs: dict) -> torch.Tensor | None:
+        import torch
+
         ids = self.visual_token_ids(model.config)
         input_ids = inputs.get("input_ids")
         if input_ids is not None:
@@ -199,6 +220,68 @@ class Family:
         return ()
 
 
+    # -- 7. the cost model (torch-free) -----------------------------------------------------------
+    def dims(self, config: dict) -> ModelDims:
+        """The cost model's dimensions from a ``config.json`` dict (KeyError names a missing field).
+        The default reads a fixed-crop model: ``text_config``, and a ``vision_config`` with
+        ``image_size``, ``patch_size``, ``num_hidden_layers``; see ``crop_dims``."""
+        return self.crop_dims(config)
+
+    def crop_dims(self, data: dict, *, default_feature_layer: int = -1, vision_cls: bool = False,
+                  downsample: int = 1) -> ModelDims:
+        """A fixed-crop tower's dimensions: ``vision_cls`` when it adds a CLS token, ``downsample``
+        patches per LM token along each side after the connector (pixel shuffle or pooling)."""
+        text, vision = data["text_config"], data["vision_config"]
+        return ModelDims(
+            **text_dims(text),
+            vision_hidden=vision["hidden_size"],
+            vision_intermediate=vision["intermediate_size"],
+            vision_layers=vision["num_hidden_layers"],
+            patch=side(vision["patch_size"]),
+            image_size=side(vision["image_size"]),
+            feature_layers=feature_layers(data, default_feature_layer),
+            vision_cls=vision_cls,
+            downsample=downsample,
+            family=data["model_type"],
+        )
+
+    def typical_visual_tokens(self, dims: ModelDims) -> int:
+        """Visual tokens of one typical image (``pilot flops``' default): ``typical_crops`` crops."""
+        return dims.tokens_per_crop * self.typical_crops
+
+    def projector_flops(self, dims: ModelDims) -> int:
+        """FLOPs of the projector on one crop. Default, LLaVA's: two linears on every patch."""
+        shuffled = dims.vision_hidden * dims.feature_layers * dims.downsample**2  # projector input width
+        return 2 * dims.patches_per_crop * (shuffled * dims.hidden + dims.hidden * dims.hidden)
+
+    def vision_flops(self, dims: ModelDims, *, crops: int = 0, merged_tokens: int = 0,
+                     image_grids: Sequence[Sequence[int]] | None = None) -> float:
+        """FLOPs of the vision tower and projector for one sample. Default, fixed-size crops: a ViT
+        (CLIP / InternViT with a CLS token, SigLIP without) and ``projector_flops``, per crop; every
+        crop's tokens attend to each other only. Dynamic-resolution families read ``merged_tokens``
+        (the LM tokens of the sample's images, one image assumed) or ``image_grids`` (their
+        ``image_grid_thw`` rows, exact) instead of ``crops``."""
+        patches, dv, mv = dims.patches_per_crop, dims.vision_hidden, dims.vision_intermediate
+        tokens = patches + int(dims.vision_cls)
+        embed = 2 * patches * 3 * dims.patch**2 * dv
+        layer = 2 * tokens * 4 * dv * dv + 4 * tokens * tokens * dv + 4 * tokens * dv * mv
+        return float(crops * (embed + dims.vision_layers * layer + self.projector_flops(dims)))
+
+    def tower_size(self, dims: ModelDims, model, inputs: dict, row: int, n_visual: int,
+                   image_grid_thw: list | None) -> dict:
+        """How ``full_prefill_flops`` sizes sample ``row``'s vision tower in a run: keyword arguments
+        (``crops``, ``visual_tokens_original``, ``image_grids``). ``n_visual`` is its visual tokens
+        in the prompt, ``image_grid_thw`` its images' rows when the processor gave them. Default:
+        fixed crops follow from the original tokens; dynamic resolution takes the exact grids when
+        they account for every visual token (else video tokens are among them: the count alone)."""
+        if not dims.dynamic_resolution:
+            return {"visual_tokens_original": n_visual}
+        thw = image_grid_thw
+        if thw is not None and sum(t * h * w for t, h, w in thw) != n_visual * dims.spatial_merge**2:
+            thw = None
+        return {"visual_tokens_original": n_visual, "image_grids": thw}
+
+
 def assign_to_samples(sizes: list[int], counts: list[int]) -> list[list[int] | None]:
     """Split items of ``sizes`` (images in batch order, their token counts) among samples holding
     ``counts`` visual tokens each: per sample the indices of its items, or None where its items do
@@ -243,6 +326,8 @@ def compact_positions(valid: torch.Tensor) -> torch.Tensor:
 def per_sample_visual(features: torch.Tensor, visual_mask: torch.Tensor) -> torch.Tensor:
     """Features [total_visual, hidden] in row-major order of ``visual_mask`` [batch, seq] as
     [batch, n_visual_max, hidden], indexed by each sample's visual index."""
+    import torch
+
     counts = visual_mask.sum(dim=1)
     out = features.new_zeros(visual_mask.shape[0], int(counts.max()) if counts.numel() else 0, features.shape[-1])
     rows, _ = torch.nonzero(visual_mask, as_tuple=True)
@@ -260,13 +345,15 @@ def pool_visual(
     its window (newline tokens are kept, one per pooled row). Tokens outside every grid (a
     trailing newline) pass through.
     """
+    import torch
+
     pieces, origins = [], []
     covered = 0
     for grid in grids:
         stride = grid.cols + int(grid.newline)
         block = embeddings[grid.start : grid.start + grid.length].view(grid.rows, stride, -1)
         cells = block[:, : grid.cols].permute(2, 0, 1).float()
-        pooled = nn.functional.avg_pool2d(cells[None], factor, factor, ceil_mode=True)[0]
+        pooled = torch.nn.functional.avg_pool2d(cells[None], factor, factor, ceil_mode=True)[0]
         out_rows, out_cols = pooled.shape[1:]
         pooled = pooled.permute(1, 2, 0).to(embeddings.dtype)
         row_index = torch.arange(out_rows) * factor

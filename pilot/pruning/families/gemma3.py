@@ -21,11 +21,14 @@ soft-capping, which the engine's scoring does not reproduce.
 from __future__ import annotations
 
 import math
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from pilot.pruning.families.base import Family, GridSegment, VisualInputs, visual_counts
+from pilot.pruning.families.dims import ModelDims, side
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 
 class Gemma3(Family):
@@ -38,6 +41,26 @@ class Gemma3(Family):
     required_inputs = (
         ("pixel_values", "token_type_ids", "marks each image's tokens, which see each other both ways in prefill"),
     )
+    typical_crops = 1  # one 896-px crop (256 tokens) per image, pan-and-scan off as in its processor's default
+    # Public config.json dimensions of google/gemma-3-12b-it (Gemma 3 LM, SigLIP so400m tower at 896 px).
+    presets = {"gemma-3-12b": {
+        "model_type": "gemma3",
+        "text_config": {"hidden_size": 3840, "intermediate_size": 15360, "num_hidden_layers": 48,
+                        "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 256, "vocab_size": 262208},
+        "vision_config": {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27,
+                          "num_attention_heads": 16, "patch_size": 14, "image_size": 896},
+        "mm_tokens_per_image": 256,
+    }}
+
+    def dims(self, config: dict) -> ModelDims:
+        """SigLIP (no CLS token) on one crop, its grid average-pooled to ``mm_tokens_per_image`` tokens."""
+        vision = config["vision_config"]
+        grid = side(vision["image_size"]) // side(vision["patch_size"])
+        return self.crop_dims(config, downsample=grid // math.isqrt(config.get("mm_tokens_per_image", 256)))
+
+    def projector_flops(self, dims: ModelDims) -> int:
+        """Average pooling (no matmul), then one projection per pooled token."""
+        return 2 * dims.tokens_per_crop * dims.vision_hidden * dims.hidden
 
     def check(self, model: nn.Module) -> nn.Module:
         language_model = super().check(model)

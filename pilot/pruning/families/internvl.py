@@ -10,15 +10,21 @@ separators are text tokens, never pruning candidates. Pooling pools each tile's 
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from pilot.pruning.families.base import Family, GridSegment
+from pilot.pruning.families.dims import ModelDims
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 
 def token_runs(ids: torch.Tensor, token: int) -> list[tuple[int, int]]:
     """(start, length) of each run of ``token`` in a 1-D tensor of token ids."""
-    edges = torch.diff(nn.functional.pad((ids == token).long(), (1, 1)))
+    import torch
+
+    edges = torch.diff(torch.nn.functional.pad((ids == token).long(), (1, 1)))
     starts, ends = torch.nonzero(edges > 0).flatten().tolist(), torch.nonzero(edges < 0).flatten().tolist()
     return [(start, end - start) for start, end in zip(starts, ends, strict=True)]
 
@@ -43,6 +49,26 @@ class InternVL(Family):
     name = "internvl"
     classes = ("InternVLForConditionalGeneration",)
     position_modes = ("compact", "original")
+    typical_crops = 7  # a 4:3 image in 3 x 2 tiles and the thumbnail
+    # Public config.json dimensions (transformers layout) of OpenGVLab/InternVL3-8B-hf (InternViT-300M, Qwen2.5-7B).
+    presets = {"internvl3-8b": {
+        "model_type": "internvl",
+        "text_config": {"hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
+                        "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 151674},
+        "vision_config": {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24,
+                          "num_attention_heads": 16, "patch_size": [14, 14], "image_size": [448, 448]},
+        "downsample_ratio": 0.5,
+        "vision_feature_layer": -1,
+    }}
+
+    def dims(self, config: dict) -> ModelDims:
+        """InternViT (CLS token) on 448-px tiles, pixel-shuffled by ``downsample_ratio``."""
+        return self.crop_dims(config, vision_cls=True, downsample=round(1 / config.get("downsample_ratio", 0.5)))
+
+    def projector_flops(self, dims: ModelDims) -> int:
+        """A norm and two linears on every pixel-shuffled token."""
+        shuffled = dims.vision_hidden * dims.feature_layers * dims.downsample**2
+        return 2 * dims.tokens_per_crop * (shuffled * dims.hidden + dims.hidden * dims.hidden)
 
     def image_grids(self, model: nn.Module, visual_tokens: torch.Tensor, visual_positions: torch.Tensor,
                     run_lengths: list[int]) -> list[list[GridSegment]]:

@@ -4,15 +4,20 @@ grid size depends on the image size. 1-D positions; plain causal attention."""
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from pilot.pruning.families.base import Family, GridSegment, assign_to_samples, visual_counts
-from pilot.pruning.families.llava import grid_side
+from pilot.pruning.families.dims import ModelDims
+from pilot.pruning.families.llava import Llava, grid_side
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 
 def next_image_grids(config, image_size) -> list[GridSegment]:
     """The base grid and the unpadded high-resolution grid of one image (height, width)."""
+    import torch
     from transformers.models.llava_next.modeling_llava_next import (
         get_anyres_image_grid_shape,
         unpad_image,
@@ -61,6 +66,25 @@ class LlavaNext(Family):
     classes = ("LlavaNextForConditionalGeneration",)
     position_modes = ("compact", "original")
     required_inputs = (("pixel_values", "image_sizes", "sizes each image's tiles and token grid"),)
+    max_images = 1  # one image per prompt, as LLaVA-1.5
+    typical_crops = 5  # the paper's LLaVA-NeXT figure: 5 x 576 = 2880 visual tokens
+    presets = {"llava-next-7b": {
+        **Llava.presets["llava-1.5-7b"], "model_type": "llava_next",
+        "image_grid_pinpoints": [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]],
+    }}
+
+    def dims(self, config: dict) -> ModelDims:
+        """LLaVA-1.5's tower and projector, on the base crop and the anyres tiles."""
+        return self.crop_dims(config, default_feature_layer=-2, vision_cls=True)
+
+    def tower_size(self, dims: ModelDims, model, inputs: dict, row: int, n_visual: int,
+                   image_grid_thw: list | None) -> dict:
+        """Exact crops from the image size, the base and the anyres tiles (the count alone rounds)."""
+        from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
+
+        config = model.config
+        return {"crops": image_size_to_num_patches(inputs["image_sizes"][row].tolist(), config.image_grid_pinpoints,
+                                                   config.vision_config.image_size)}
 
     def image_grids(self, model: nn.Module, visual_tokens: torch.Tensor, visual_positions: torch.Tensor,
                     run_lengths: list[int]) -> list[list[GridSegment]]:

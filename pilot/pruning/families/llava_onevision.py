@@ -24,20 +24,24 @@ needs each run's token id, which ``image_grids`` does not receive.
 from __future__ import annotations
 
 import math
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from pilot.pruning.families.base import Family, GridSegment
+from pilot.pruning.families.dims import ModelDims
 from pilot.pruning.families.internvl import prompt_rows
 from pilot.pruning.families.llava import grid_side
 from pilot.pruning.families.llava_next import newline_grids
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 
 def onevision_image_grids(config, image_size, multi_image: bool = False) -> list[GridSegment]:
     """The grids of one image of ``image_size`` (height, width) pixels, as the stock model packs
     them: the base grid, then the anyres grid with newlines (or, in a multi-image sample, one
     trailing newline as a 1 x 1 grid)."""
+    import torch
     from transformers.models.llava_onevision.modeling_llava_onevision import (
         get_anyres_image_grid_shape,
         unpad_image,
@@ -64,6 +68,23 @@ class LlavaOnevision(Family):
     # compact first, as for LLaVA: renumbering after each drop is what the TransPrune authors' code does.
     position_modes = ("compact", "original")
     required_inputs = (("pixel_values", "image_sizes", "sizes each image's tiles and token grid"),)
+    typical_crops_side = 3  # a square image in 3 x 3 crops (anyres_max_9's budget) and the base crop
+    # Public config.json dimensions of llava-hf/llava-onevision-qwen2-7b-ov-hf (SigLIP-so400m
+    # without its last layer, Qwen2-7B).
+    presets = {"llava-onevision-7b": {
+        "model_type": "llava_onevision",
+        "text_config": {"hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
+                        "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 152128},
+        "vision_config": {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 26,
+                          "num_attention_heads": 16, "patch_size": 14, "image_size": 384},
+        "vision_feature_layer": -1,
+        "vision_aspect_ratio": "anyres_max_9",
+    }}
+
+    def typical_visual_tokens(self, dims: ModelDims) -> int:
+        """The base grid, then the anyres grid of 3 x 3 crops with a newline per row."""
+        side = dims.image_size // dims.patch * self.typical_crops_side
+        return dims.patches_per_crop + side * (side + 1)
 
     def image_grids(self, model: nn.Module, visual_tokens: torch.Tensor, visual_positions: torch.Tensor,
                     run_lengths: list[int]) -> list[list[GridSegment]]:

@@ -18,11 +18,16 @@ follow the sliding caches.
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from pilot.pruning.families.base import Family, GridSegment
+from pilot.pruning.families.dims import ModelDims, feature_layers, frames, side, text_dims
 from pilot.pruning.families.internvl import prompt_rows, token_runs
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 
 def pixtral_images(run_lengths: list[int], visual_positions: torch.Tensor) -> list[tuple[int, int, int]]:
@@ -59,6 +64,52 @@ class Mistral3(Family):
     classes = ("Mistral3ForConditionalGeneration",)
     position_modes = ("compact", "original")
     required_inputs = (("pixel_values", "image_sizes", "sizes each image's tiles and token grid"),)
+    typical_tokens = 1024  # ``pilot flops``' default, as for Qwen: 1024 merged tokens (an 896 x 896 image)
+    # Public config.json dimensions of mistralai/Mistral-Small-3.1-24B-Instruct-2503 (Pixtral, Mistral Small 24B).
+    presets = {"mistral-small-3.1-24b": {
+        "model_type": "mistral3",
+        "text_config": {"hidden_size": 5120, "intermediate_size": 32768, "num_hidden_layers": 40,
+                        "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 131072},
+        "vision_config": {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24,
+                          "num_attention_heads": 16, "head_dim": 64, "patch_size": 14, "image_size": 1540},
+        "spatial_merge_size": 2,
+        "vision_feature_layer": -1,
+    }}
+
+    # -- the cost model ----------------------------------------------------------------------------
+    def dims(self, config: dict) -> ModelDims:
+        """Dynamic resolution: a Pixtral tower (gated MLP, no CLS token) on every patch of each image."""
+        text, vision = config["text_config"], config["vision_config"]
+        return ModelDims(
+            **text_dims(text),
+            vision_hidden=vision["hidden_size"],
+            vision_intermediate=vision["intermediate_size"],
+            vision_layers=vision["num_hidden_layers"],
+            patch=side(vision["patch_size"]),
+            family=config["model_type"],
+            feature_layers=feature_layers(config, -1),
+            dynamic_resolution=True,
+            spatial_merge=config.get("spatial_merge_size", 2),
+            vision_out_hidden=text["hidden_size"],
+            vision_gated_mlp=True,
+            vision_cls=False,
+        )
+
+    def typical_visual_tokens(self, dims: ModelDims) -> int:
+        return self.typical_tokens
+
+    def vision_flops(self, dims: ModelDims, *, crops: int = 0, merged_tokens: int = 0,
+                     image_grids: Sequence[Sequence[int]] | None = None) -> float:
+        """The Pixtral tower over all images' patches as one sequence (the block-diagonal mask
+        leaves the square to compute), the patch merger and two linears."""
+        s, dv, mv, d = dims.spatial_merge, dims.vision_hidden, dims.vision_intermediate, dims.hidden
+        patches = (sum(h * w for h, w in frames(dims, image_grids)) if image_grids is not None
+                   else merged_tokens * s * s)
+        embed = 2 * patches * 3 * dims.patch**2 * dv
+        layer = 2 * patches * 4 * dv * dv + 4 * patches * patches * dv + 2 * 3 * patches * dv * mv
+        merged = patches // (s * s)
+        projector = 2 * merged * (dv * s * s * dv + dv * dims.feature_layers * d + d * d)
+        return float(embed + dims.vision_layers * layer + projector)
 
     def image_grids(self, model: nn.Module, visual_tokens: torch.Tensor, visual_positions: torch.Tensor,
                     run_lengths: list[int]) -> list[list[GridSegment]]:

@@ -21,10 +21,15 @@ Attention: plain causal in the LM (the windowed attention is inside the vision t
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from pilot.pruning.families.base import Family, GridSegment, assign_to_samples, compact_positions, visual_counts
+from pilot.pruning.families.dims import ModelDims, frames, text_dims
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 
 class Qwen2_5_VL(Family):
@@ -43,6 +48,94 @@ class Qwen2_5_VL(Family):
         "M-RoPE places each visual token by its row and column, and the text after an image continues "
         "from the image's extent, not its token count, so there is no gap to close after a drop."
     )
+    vision_gated_mlp = True  # the tower's MLP: gate, up, down
+    vision_windows = True  # blocks outside fullatt_block_indexes attend within windows
+    # ``pilot flops``' default: 1024 merged tokens, an 896 x 896 image (28 px per token).
+    typical_tokens = 1024
+    # Public config.json dimensions of Qwen/Qwen2.5-VL-7B-Instruct (laid out as transformers 5
+    # saves them, LM fields under text_config).
+    presets = {"qwen2.5-vl-7b": {
+        "model_type": "qwen2_5_vl",
+        "text_config": {"hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
+                        "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 152064},
+        "vision_config": {"depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16,
+                          "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 112,
+                          "fullatt_block_indexes": [7, 15, 23, 31], "out_hidden_size": 3584},
+    }}
+
+    # -- the cost model ----------------------------------------------------------------------------
+    def dims(self, config: dict) -> ModelDims:
+        """Dynamic resolution: ``patch`` px patches, ``temporal_patch`` frames deep, merged
+        ``spatial_merge`` x ``spatial_merge`` into one LM token."""
+        # Qwen2.5-VL checkpoints keep the LM's fields at the top level of config.json; configs
+        # saved by transformers 5 nest them under text_config.
+        nested = config.get("text_config") or {}
+        text = nested if "hidden_size" in nested else config
+        vision = config["vision_config"]
+        return ModelDims(
+            **text_dims(text),
+            vision_hidden=vision["hidden_size"],
+            vision_intermediate=vision["intermediate_size"],
+            vision_layers=vision["depth"],
+            patch=vision["patch_size"],
+            family=config["model_type"],
+            dynamic_resolution=True,
+            spatial_merge=vision.get("spatial_merge_size", 2),
+            temporal_patch=vision.get("temporal_patch_size", 2),
+            vision_out_hidden=vision.get("out_hidden_size") or text["hidden_size"],
+            vision_gated_mlp=self.vision_gated_mlp,
+            vision_window_size=vision.get("window_size", 0) if self.vision_windows else 0,
+            vision_full_attention_blocks=tuple(vision.get("fullatt_block_indexes") or ()),
+            deepstack_mergers=len(vision.get("deepstack_visual_indexes") or ()),
+            **self.moe_dims(config["model_type"], text),
+        )
+
+    def moe_dims(self, model_type: str, text: dict) -> dict:
+        """The mixture-of-experts fields of ``ModelDims`` (none: a dense LM)."""
+        return {}
+
+    def typical_visual_tokens(self, dims: ModelDims) -> int:
+        return self.typical_tokens
+
+    def vision_flops(self, dims: ModelDims, *, crops: int = 0, merged_tokens: int = 0,
+                     image_grids: Sequence[Sequence[int]] | None = None) -> float:
+        """The tower: patch embedding, blocks, merger (and Qwen3-VL's DeepStack mergers).
+
+        Attention costs ``4 L^2 d_v`` per segment of ``L`` patches; the segments are the frames
+        (full attention) or, for Qwen2.5-VL's other blocks, the windows of each frame. From
+        ``merged_tokens`` alone: one image, every window full (exact for one image whose merged
+        sides are multiples of the window).
+        """
+        s, dv, mv = dims.spatial_merge, dims.vision_hidden, dims.vision_intermediate
+        window_merged = dims.vision_window_size // s // dims.patch if dims.vision_window_size else 0
+        if image_grids is not None:
+            sample_frames = frames(dims, image_grids)
+            patches = sum(h * w for h, w in sample_frames)
+            full_square_sum = sum((h * w) ** 2 for h, w in sample_frames)
+            window_square_sum = full_square_sum
+            if window_merged:
+                window_square_sum = sum(
+                    s**4 * _window_square_sum(h // s, window_merged) * _window_square_sum(w // s, window_merged)
+                    for h, w in sample_frames
+                )
+        else:
+            patches = merged_tokens * s * s
+            full_square_sum = patches**2
+            window_square_sum = full_square_sum
+            if window_merged:
+                window_square_sum = patches * min(patches, (window_merged * s) ** 2)
+        embed = 2 * patches * 3 * dims.temporal_patch * dims.patch**2 * dv
+        mlp_matrices = 3 if dims.vision_gated_mlp else 2
+        block_linear = 2 * patches * 4 * dv * dv + 2 * mlp_matrices * patches * dv * mv
+        full_blocks = dims.vision_layers
+        if window_merged:
+            full_blocks = sum(1 for b in dims.vision_full_attention_blocks if b < dims.vision_layers)
+        attention = 4 * dv * (full_blocks * full_square_sum + (dims.vision_layers - full_blocks) * window_square_sum)
+        merged = patches // (s * s)
+        merger_width = dv * s * s
+        merger = 2 * merged * merger_width * (merger_width + dims.vision_out_hidden)
+        return float(embed + dims.vision_layers * block_linear + attention + (1 + dims.deepstack_mergers) * merger)
+
 
     def visual_token_ids(self, config) -> tuple[int, ...]:
         return (config.image_token_id, config.video_token_id)
@@ -102,3 +195,8 @@ class Qwen2_5_VL(Family):
     def rotary(self, language_model: nn.Module, hidden: torch.Tensor, positions: torch.Tensor,
                layer_type: str = "full_attention"):
         return language_model.rotary_emb(hidden, positions.permute(2, 0, 1))
+
+
+def _window_square_sum(side_merged: int, window_merged: int) -> int:
+    """Sum over the windows along one axis of their length squared (the last window may be partial)."""
+    return (side_merged // window_merged) * window_merged**2 + (side_merged % window_merged) ** 2

@@ -18,11 +18,15 @@ receive, and pooling does not need it.
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from pilot.pruning.families.base import Family, GridSegment
+from pilot.pruning.families.dims import ModelDims
 from pilot.pruning.families.internvl import prompt_rows, token_runs
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 
 def tile_side(config) -> int:
@@ -35,6 +39,25 @@ class SmolVLM(Family):
     name = "smolvlm"
     classes = ("SmolVLMForConditionalGeneration",)
     position_modes = ("compact", "original")
+    typical_crops = 17  # a square image at the processor's largest size: 4 x 4 tiles and the global image
+    # Public config.json dimensions of HuggingFaceTB/SmolVLM2-2.2B-Instruct (SigLIP-so400m, SmolLM2-1.7B).
+    presets = {"smolvlm2-2.2b": {
+        "model_type": "smolvlm",
+        "text_config": {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 24,
+                        "num_attention_heads": 32, "num_key_value_heads": 32, "vocab_size": 49280},
+        "vision_config": {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27,
+                          "num_attention_heads": 16, "patch_size": 14, "image_size": 384},
+        "scale_factor": 3,
+    }}
+
+    def dims(self, config: dict) -> ModelDims:
+        """SigLIP (no CLS token) on the tiles and the global image, pixel-shuffled by ``scale_factor``."""
+        return self.crop_dims(config, downsample=config.get("scale_factor", 2))
+
+    def projector_flops(self, dims: ModelDims) -> int:
+        """One linear on every pixel-shuffled token."""
+        shuffled = dims.vision_hidden * dims.feature_layers * dims.downsample**2
+        return 2 * dims.tokens_per_crop * shuffled * dims.hidden
 
     def language_model(self, model: nn.Module) -> nn.Module:
         return model.model.text_model
@@ -62,3 +85,12 @@ class SmolVLM(Family):
 class Idefics3(SmolVLM):
     name = "idefics3"
     classes = ("Idefics3ForConditionalGeneration",)
+    # Public config.json dimensions of HuggingFaceM4/Idefics3-8B-Llama3 (SigLIP-so400m at 364 px, Llama 3.1 8B).
+    presets = {"idefics3-8b": {
+        "model_type": "idefics3",
+        "text_config": {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+                        "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128259},
+        "vision_config": {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27,
+                          "num_attention_heads": 16, "patch_size": 14, "image_size": 364},
+        "scale_factor": 2,
+    }}

@@ -1,4 +1,4 @@
-"""Random-weight LLaVA models built from configs: for tests, benchmarks and the offline smoke demo.
+"""Random-weight models of every supported family built from configs: for tests and benchmarks.
 
 Latency and FLOPs do not depend on the weights' values, so a random model with a real model's
 dimensions measures what the real one would.
