@@ -1,8 +1,10 @@
 """One adapter per model family; the engine asks ``for_model(model)``, the cost model ``by_name(model_type)``.
 
-A family is one module here (a ``Family`` subclass: the engine's questions and, torch-free, the
-cost model's: dimensions, tower FLOPs, typical tokens, presets, images per prompt), its tests,
-and one line in ``FAMILIES``. The checklist is in docs/families.md.
+A family is one module here: a ``Family`` subclass answering the engine's questions and,
+torch-free, the cost model's (dimensions, tower FLOPs, typical tokens, presets, images per
+prompt), registered by one line in ``FAMILIES``; plus its tests (the checklist:
+docs/families.md; ``tests/test_family_registry.py`` fails for a family module left out of
+``FAMILIES`` and for a family missing its cost, preset, builder or overlay).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from pilot.pruning.families.smolvlm import Idefics3, SmolVLM
 if TYPE_CHECKING:
     from torch import nn
 
+# The registry, in the order error messages and ``pilot flops``' presets list the families.
 FAMILIES: tuple[Family, ...] = (
     Llava(), LlavaNext(), Qwen2_5_VL(), Qwen3VL(), Gemma3(),
     LlavaOnevision(), InternVL(), Mistral3(), SmolVLM(), Idefics3(),
