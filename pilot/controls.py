@@ -102,7 +102,7 @@ def expand_arms(arms: list[str], dims: ModelDims, n_visual: int) -> tuple[list[s
 
 def expand_for_model(arms: list[str], model: str | None) -> tuple[list[str], dict[str, dict]]:
     """``expand_arms`` for a model folder (or ``demo``), matched for the family's typical image
-    (LLaVA: its crop's tokens; dynamic-resolution families: ``default_visual_tokens``)."""
+    (``default_visual_tokens``: its adapter's ``typical_visual_tokens``)."""
     from pilot.models import resolve_path
     from pilot.pruning.flops import default_visual_tokens, load_dims
 

@@ -1,9 +1,11 @@
 """Loading a model for the pilot: the embedded demo checkpoint or a user's local checkpoint folder.
 
-Any family the pruning engine supports (``pilot.pruning.families``: LLaVA-1.5, LLaVA-NeXT,
-Qwen2.5-VL, Qwen3-VL and its MoE variant) loads through the Auto classes for image-text-to-text
-models and processors. Offline, safetensors only, no remote code: the same path serves the demo
-and a real checkpoint.
+Any family the pruning engine supports (``pilot.pruning.families.FAMILIES``; docs/families.md
+lists them: LLaVA-1.5, LLaVA-NeXT, Qwen2.5-VL, Qwen3-VL and its MoE variant, Gemma 3,
+LLaVA-OneVision, InternVL, Mistral 3, SmolVLM, Idefics3) loads through the Auto classes for
+image-text-to-text models and processors; the supported ``model_type``s follow from the
+adapters' classes. Offline, safetensors only, no remote code: the same path serves the demo and
+a real checkpoint.
 
 Qwen, InternVL, SmolVLM and LLaVA-OneVision processors hold a video processor, which transformers
 builds only with torchvision. The pilot feeds images only, so without torchvision the stock
@@ -56,7 +58,7 @@ class LoadedModel:
     processor: object
     name: str  # "demo" or the folder given
     path: Path
-    family: str  # the engine adapter's name: llava, llava_next, qwen2_5_vl, qwen3_vl
+    family: str  # the name of the engine's adapter of its class (``families.for_model``), e.g. llava, gemma3
     config_hash: str  # sha256 of config.json: identifies the model in the store
     depth: int  # decoder layers of the language model
 
@@ -66,7 +68,8 @@ class LoadedModel:
 
     @property
     def adapter(self) -> Family:
-        """The engine's adapter of this model's family (visual token ids, grids, positions)."""
+        """The adapter of this model's family: visual token ids, grids, positions, and the cost
+        model's answers (tower sizing, images per prompt)."""
         return families.for_model(self.model)
 
     def prompt(self, question: str) -> str:
