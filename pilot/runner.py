@@ -22,8 +22,9 @@ from sqlalchemy.exc import IntegrityError
 from pilot.data.hf import open_dataset
 from pilot.data.manifest import Dataset, Item
 from pilot.data.split import PARTS, stratified_split
+from pilot.data.synthetic import DEMO_DATASET_SEED, DEMO_DATASET_SIZE, demo_manifest_path
 from pilot.generation import TASK_MAX_NEW_TOKENS, machine_info, prepare_batch, run_arm_batch
-from pilot.generation import error_rows as _error_rows  # the name _work has always called it by
+from pilot.generation import error_rows as _error_rows  # _work calls it by its old name
 from pilot.models import LoadedModel, load
 from pilot.pruning import parse
 from pilot.store import get_or_create, open_store, with_retries
@@ -42,9 +43,6 @@ from pilot.workers import (
     start_run,
     stop_run,
 )
-
-DEMO_DATASET_SIZE = 600  # the demo's budget needs 300 held-out images (pilot/demo/__init__.py)
-DEMO_DATASET_SEED = 0
 
 
 class RunError(RuntimeError):
@@ -156,10 +154,9 @@ def demo_dataset_path() -> Path:
     """The demo dataset (seed 0, never used in training), generated once into the user's cache."""
     from pilot.data import synthetic
 
-    folder = Path.home() / ".cache" / "transprune-pilot" / f"demo-data-seed{DEMO_DATASET_SEED}-n{DEMO_DATASET_SIZE}"
-    manifest = folder / "manifest.csv"
+    manifest = demo_manifest_path()
     if not manifest.is_file():
-        synthetic.write_dataset(folder, DEMO_DATASET_SIZE, DEMO_DATASET_SEED)
+        synthetic.write_dataset(manifest.parent, DEMO_DATASET_SIZE, DEMO_DATASET_SEED)
     return manifest
 
 
