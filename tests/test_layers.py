@@ -84,3 +84,14 @@ def test_the_dashboard_reads_pool_factors_with_the_strategy_parser():
     for other in ("baseline", "transprune", "transprune:prune_after=1/2,keep=0.5/0.25", "fastv:after=2,keep=0.5",
                   "pdrop", "divprune:keep=0.25", "random", "pool:factor=x", "pool:factor=1", "not a strategy"):
         assert pool_factor(other) is None, other
+
+
+def test_generation_needs_no_store():
+    """The server and the tuner generate through ``pilot.generation``, which reads no database: the runner and the
+    store (SQLAlchemy) stay out until a run is stored."""
+    done = _imports_in_a_fresh_interpreter(
+        "import sys, pilot.generation\n"
+        "print([name for name in ('pilot.runner', 'pilot.store', 'pilot.workers', 'sqlalchemy') "
+        "if name in sys.modules])\n")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "[]", f"importing pilot.generation imported {done.stdout.strip()}"
