@@ -25,12 +25,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pilot.controls import matched_controls  # noqa: E402
 from pilot.data import synthetic  # noqa: E402
 from pilot.data.manifest import load_manifest  # noqa: E402
+from pilot.generation import outcomes_from_rows, prepare_batch, run_arm_batch  # noqa: E402
 from pilot.metrics import arm_kpis, compare  # noqa: E402
 from pilot.models import load  # noqa: E402
 from pilot.pruning import families  # noqa: E402
 from pilot.pruning.flops import ModelDims  # noqa: E402
 from pilot.pruning.strategies import POSITION_MODES, map_layers_to_depth  # noqa: E402
-from pilot.runner import outcomes_from_rows, prepare_batch, run_arm_batch  # noqa: E402
 
 FINAL_KEEP = (0.5, 0.25, 0.125, 0.0625)
 MATCHED_FINAL_KEEP = (0.5, 0.25, 0.125)

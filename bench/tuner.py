@@ -34,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pilot.data import synthetic  # noqa: E402
 from pilot.data.manifest import load_manifest  # noqa: E402
+from pilot.generation import prepare_batch  # noqa: E402
 from pilot.models import load  # noqa: E402
-from pilot.runner import prepare_batch  # noqa: E402
 from tuner.space import suggest  # noqa: E402
 from tuner.study import TrialEvaluator  # noqa: E402
 

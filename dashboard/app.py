@@ -20,7 +20,12 @@ import pandas as pd
 import streamlit as st
 from sqlalchemy.exc import SQLAlchemyError
 
-from dashboard import charts, data, export
+from dashboard import charts, costs, data, export, store, verdicts
+from dashboard import formatting as fmt
+from dashboard.studies import OPEN_DROPS, list_studies, load_trials, trial_points
+from pilot.metrics import SCORE_METRICS, VS_BASELINE_METRICS, metric_key
+from pilot.report import open_ended
+from pilot.summaries import BASELINE
 
 PAGE_SIZE = 6
 VERDICT_BOX = {"met_with_confidence": st.success, "met": st.warning, "not_met": st.error, "unknown": st.info}
@@ -32,12 +37,12 @@ TITLE = "TransPrune pilot"
 
 @st.cache_resource(show_spinner=False)
 def _engine(url: str):
-    return data.connect(url)
+    return store.connect(url)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def _report(url: str, run_id: int, key: tuple) -> dict:
-    return data.load_report(_engine(url), run_id)
+    return store.load_report(_engine(url), run_id)
 
 
 @st.cache_data(show_spinner="Loading per-sample results…", max_entries=8)
@@ -47,7 +52,7 @@ def _samples(url: str, run_id: int, key: tuple) -> pd.DataFrame:
 
 @st.cache_data(show_spinner=False, ttl=30, max_entries=8)
 def _trials(url: str, optuna_study_name: str) -> pd.DataFrame:
-    return data.load_trials(url, optuna_study_name)
+    return load_trials(url, optuna_study_name)
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -73,7 +78,7 @@ def _page(n_rows: int, key: str) -> int:
 
 @st.cache_data(show_spinner=False, ttl=10)
 def _list_studies(url: str) -> list[dict]:
-    return data.list_studies(_engine(url), url)
+    return list_studies(_engine(url), url)
 
 
 def _studies(url: str) -> list[dict]:
@@ -91,26 +96,26 @@ def _metric_choices(url: str, view: str, selection: object) -> dict[str, str]:
     """The "Budget on" choices for what is shown: the label metrics, and the open-ended ones the run or study has
     (a run in progress has no report yet: the label metrics only)."""
     if view == "Run" and selection is not None:
-        info = data.run_info(_engine(url), int(selection))
-        if info["status"] in data.IN_PROGRESS:
-            return data.metric_choices()
-        report = _report(url, info["run_id"], data.stamp(info))
-        return data.metric_choices(data.run_metrics(report), data.resolve_metric("auto", report))
+        info = store.run_info(_engine(url), int(selection))
+        if info["status"] in store.IN_PROGRESS:
+            return verdicts.metric_choices()
+        report = _report(url, info["run_id"], store.stamp(info))
+        return verdicts.metric_choices(verdicts.run_metrics(report), verdicts.resolve_metric("auto", report))
     if view == "Tuning study" and isinstance(selection, dict):
         own = (selection.get("settings") or {}).get("metric")
         try:
             trials = _trials(url, selection["optuna_study_name"])
         except KeyError:  # the Optuna study is not in the database (yet); the study view says so
-            return data.metric_choices()
-        return data.metric_choices(data.trial_metrics(trials, own), data.metric_key(own) if own else None)
-    return data.metric_choices()
+            return verdicts.metric_choices()
+        return verdicts.metric_choices(verdicts.trial_metrics(trials, own), metric_key(own) if own else None)
+    return verdicts.metric_choices()
 
 
-def sidebar(url: str, runs: list[dict], studies: list[dict]) -> tuple[str, object, float, str, data.CostInputs]:
+def sidebar(url: str, runs: list[dict], studies: list[dict]) -> tuple[str, object, float, str, costs.CostInputs]:
     """The selection ("run", run_id) or ("study", study dict), the budget, its metric choice and the cost inputs.
 
     Without a deep link the page lands on the tuner's verified recommendation when it is newer than the latest
-    pilot run (``data.default_study``), else on the latest pilot run."""
+    pilot run (``store.default_study``), else on the latest pilot run."""
     bar = st.sidebar
     bar.header("What to show")
     views = (["Run"] if runs else []) + (["Tuning study"] if studies else [])
@@ -120,7 +125,7 @@ def sidebar(url: str, runs: list[dict], studies: list[dict]) -> tuple[str, objec
     linked_study = st.query_params.get("study")
     linked_run = st.query_params.get("run")
     linked_run = int(linked_run) if linked_run and linked_run.isdigit() and int(linked_run) in ids else None
-    landing = data.default_study(runs, studies) if not linked_run else None
+    landing = store.default_study(runs, studies) if not linked_run else None
     linked_study = linked_study or landing
     first = "Tuning study" if linked_study in names else "Run"
     view = (bar.radio("View", views, key="view", horizontal=True, index=views.index(first)) if len(views) > 1
@@ -128,7 +133,7 @@ def sidebar(url: str, runs: list[dict], studies: list[dict]) -> tuple[str, objec
     selection: object = None
     if view == "Run" and runs:
         by_id = {r["run_id"]: r for r in runs}
-        default = linked_run or data.default_run_id(runs)
+        default = linked_run or store.default_run_id(runs)
         selection = bar.selectbox(
             "Run", ids, index=ids.index(default), key="run_id",
             format_func=lambda i: f"#{i} {by_id[i]['name']} ({by_id[i]['status']})",
@@ -145,7 +150,7 @@ def sidebar(url: str, runs: list[dict], studies: list[dict]) -> tuple[str, objec
                                 "baseline's answers")
     # Landing on (or linked to) a study: its own budget first, so the page repeats the verdict it was verified at.
     landed = next((row for row in studies if row["name"] == linked_study), None) if first == "Tuning study" else None
-    budget = data.num(((landed or {}).get("settings") or {}).get("max_drop"))
+    budget = fmt.num(((landed or {}).get("settings") or {}).get("max_drop"))
     max_drop = bar.number_input("Max drop", min_value=0.0, max_value=1.0,
                                 value=budget if budget is not None and 0 <= budget <= 1 else 0.01, step=0.005,
                                 format="%.3f", key="max_drop",
@@ -159,8 +164,8 @@ def sidebar(url: str, runs: list[dict], studies: list[dict]) -> tuple[str, objec
                                    help="Share of paid GPU time spent on useful inference")
     currency = bar.text_input("Currency symbol", value="$", max_chars=4, key="currency")
     bar.divider()
-    bar.caption(f"Database (read-only): `{data.display_url(url)}`")
-    inputs = data.CostInputs(float(images), float(price), float(utilisation), currency or "")
+    bar.caption(f"Database (read-only): `{store.display_url(url)}`")
+    inputs = costs.CostInputs(float(images), float(price), float(utilisation), currency or "")
     return ("study" if view == "Tuning study" else "run"), selection, float(max_drop), metric, inputs
 
 
@@ -202,33 +207,33 @@ def arm_block(arm: dict, base: dict | None, max_drop: float, recommended: str | 
         st.markdown(f"#### {arm['name']}{star}")
         if arm["strategy"] != arm["name"]:
             st.caption(f"strategy `{arm['strategy']}`")
-        v = data.verdict(arm, max_drop, metric)
+        v = verdicts.verdict(arm, max_drop, metric)
         VERDICT_BOX[v.status](f"**{v.label}.** {v.text}")
         if metric in ("f1", "accuracy") and (arm.get("vs_baseline") or {}).get("agreement") is not None \
                 and (arm.get("n_labelled") or 0) < (arm.get("n") or 0):
-            other = data.verdict(arm, max_drop, "agreement")  # labels on some rows only: the other view too
+            other = verdicts.verdict(arm, max_drop, "agreement")  # labels on some rows only: the other view too
             st.caption(f"On every sample, labelled or not: {other.text}")
         columns = st.columns(5)
-        for column, tile in zip(columns, data.arm_tiles(arm, base, metric), strict=True):
+        for column, tile in zip(columns, verdicts.arm_tiles(arm, base, metric), strict=True):
             column.metric(tile.label, tile.value, tile.delta, delta_color=tile.delta_color, help=tile.help,
                           delta_arrow="off" if tile.delta_color == "off" else "auto", border=True)
         vs = arm.get("vs_baseline") or {}
         ci = vs.get("agreement_ci") or [None, None]
-        st.caption(f"Agreement with baseline {data.pct(vs.get('agreement'))} (95% CI {data.pct(ci[0])}–"
-                   f"{data.pct(ci[1])}) · McNemar p = "
-                   f"{data.fixed(vs.get('mcnemar_p'))} · {vs.get('n_paired', 0)} paired samples · accuracy change "
-                   f"{data.pts(vs.get('accuracy_delta'))} · paper TFLOPs ratio "
-                   f"{data.fixed(vs.get('paper_tflops_ratio'))}"
-                   f" (ratio of means {data.fixed(vs.get('paper_tflops_ratio_of_means'))}) · full-prefill TFLOPs ratio "
-                   f"{data.fixed(vs.get('full_tflops_ratio'))}")
-        if data.open_ended([arm]):
+        st.caption(f"Agreement with baseline {fmt.pct(vs.get('agreement'))} (95% CI {fmt.pct(ci[0])}–"
+                   f"{fmt.pct(ci[1])}) · McNemar p = "
+                   f"{fmt.fixed(vs.get('mcnemar_p'))} · {vs.get('n_paired', 0)} paired samples · accuracy change "
+                   f"{fmt.pts(vs.get('accuracy_delta'))} · paper TFLOPs ratio "
+                   f"{fmt.fixed(vs.get('paper_tflops_ratio'))}"
+                   f" (ratio of means {fmt.fixed(vs.get('paper_tflops_ratio_of_means'))}) · full-prefill TFLOPs ratio "
+                   f"{fmt.fixed(vs.get('full_tflops_ratio'))}")
+        if open_ended([arm]):
             st.caption(open_ended_text(arm, base or {}))
         changes = vs.get("answer_changes") or {}
         if changes and (metric == "agreement" or (metric in ("f1", "accuracy")
                                                   and (arm.get("n_labelled") or 0) < (arm.get("n") or 0))):
             with st.expander("Answer changes per baseline answer"):
                 st.dataframe(pd.DataFrame([{"baseline answer": answer, "samples": c["n"], "changed": c["changed"],
-                                            "share changed": data.pct(c["rate"])} for answer, c in changes.items()]),
+                                            "share changed": fmt.pct(c["rate"])} for answer, c in changes.items()]),
                              hide_index=True, width="stretch")
 
 
@@ -236,65 +241,65 @@ def open_ended_text(arm: dict, base: dict) -> str:
     """One line of an arm's open-ended KPIs beside the baseline's: scores against references, similarity to the
     baseline's answers, answer length and generation."""
     vs = arm.get("vs_baseline") or {}
-    bits = [f"{data.metric_title(m)} {data.fixed(arm.get(m))} vs {data.fixed(base.get(m))}"
+    bits = [f"{verdicts.metric_title(m)} {fmt.fixed(arm.get(m))} vs {fmt.fixed(base.get(m))}"
             for m in ("anls", "exact_match", "token_f1", "relaxed_accuracy", "field_f1") if arm.get(m) is not None]
     if arm.get("json_invalid_rate") is not None:
-        bits.append(f"JSON not parsable {data.pct(arm.get('json_invalid_rate'))} vs "
-                    f"{data.pct(base.get('json_invalid_rate'))}")
+        bits.append(f"JSON not parsable {fmt.pct(arm.get('json_invalid_rate'))} vs "
+                    f"{fmt.pct(base.get('json_invalid_rate'))}")
     if vs.get("anls_vs_baseline") is not None:
         ci = vs.get("answers_changed_ci") or [None, None]
-        bits.append(f"ANLS to baseline {data.fixed(vs.get('anls_vs_baseline'))} · answers changed "
-                    f"{data.pct(vs.get('answers_changed'))} (95% CI {data.pct(ci[0])}–{data.pct(ci[1])}) · length "
-                    f"change {data.fixed(vs.get('length_change_chars'), 1)} chars")
+        bits.append(f"ANLS to baseline {fmt.fixed(vs.get('anls_vs_baseline'))} · answers changed "
+                    f"{fmt.pct(vs.get('answers_changed'))} (95% CI {fmt.pct(ci[0])}–{fmt.pct(ci[1])}) · length "
+                    f"change {fmt.fixed(vs.get('length_change_chars'), 1)} chars")
     if arm.get("output_tokens") is not None:
-        bits.append(f"output tokens {data.fixed(arm.get('output_tokens'), 1)} vs "
-                    f"{data.fixed(base.get('output_tokens'), 1)}")
+        bits.append(f"output tokens {fmt.fixed(arm.get('output_tokens'), 1)} vs "
+                    f"{fmt.fixed(base.get('output_tokens'), 1)}")
     if arm.get("ttft_ms_p50") is not None:
-        bits.append(f"TTFT p50 {data.short_ms(arm.get('ttft_ms_p50'))} vs {data.short_ms(base.get('ttft_ms_p50'))}")
+        bits.append(f"TTFT p50 {fmt.short_ms(arm.get('ttft_ms_p50'))} vs {fmt.short_ms(base.get('ttft_ms_p50'))}")
     if arm.get("truncated_rate") is not None:
-        bits.append(f"cut at the token limit {data.pct(arm.get('truncated_rate'))}")
+        bits.append(f"cut at the token limit {fmt.pct(arm.get('truncated_rate'))}")
     return "Open-ended answers: " + " · ".join(bits)
 
 
-def headline(report: dict, max_drop: float, inputs: data.CostInputs, recommended: str | None,
+def headline(report: dict, max_drop: float, inputs: costs.CostInputs, recommended: str | None,
              metric: str = "f1") -> None:
     """One sentence for the decision: the recommended arm's savings and quality, or why there is none."""
-    pruned = data.pruned_arms(report)
-    if not pruned or data.baseline_arm(report) is None:
+    pruned = verdicts.pruned_arms(report)
+    if not pruned or verdicts.baseline_arm(report) is None:
         return
     arm = next((a for a in pruned if a["name"] == recommended), None)
     with st.container(border=True):
         if arm is None:
-            budget = (f"at most {data.pct(max_drop)} of answers changed" if metric == "agreement" else
-                      f"max {data.metric_title(metric)} drop {data.pts(max_drop, signed=False)}")
+            budget = (f"at most {fmt.pct(max_drop)} of answers changed" if metric == "agreement" else
+                      f"max {verdicts.metric_title(metric)} drop {fmt.pts(max_drop, signed=False)}")
             st.markdown(f"**No arm meets the budget** ({budget}) with confidence yet: see the verdicts below, or "
                         "loosen the budget.")
             return
         vs = arm["vs_baseline"] or {}
-        tiles = {t.key: t for t in data.arm_tiles(arm, data.baseline_arm(report), metric)}
-        cost = next((r for r in data.cost_rows(report, inputs) if r["arm"] == arm["name"]), {})
-        chosen = data.quality_tile(vs, metric)
+        tiles = {t.key: t for t in verdicts.arm_tiles(arm, verdicts.baseline_arm(report), metric)}
+        cost = next((r for r in costs.cost_rows(report, inputs) if r["arm"] == arm["name"]), {})
+        chosen = verdicts.quality_tile(vs, metric)
         if chosen is not None:
             quality = f"{chosen.label} {chosen.value} (95% {chosen.delta})"
         elif "f1_change" in tiles:
-            quality = (f"macro-F1 {tiles['f1_change'].value} (95% CI {data.ci_pts(vs.get('f1_delta_ci'))})")
+            quality = (f"macro-F1 {tiles['f1_change'].value} (95% CI {fmt.ci_pts(vs.get('f1_delta_ci'))})")
         else:
             quality = f"answers unchanged {tiles['agreement'].value} ({tiles['agreement'].delta})"
         st.markdown(
             f"**Recommendation: `{arm['strategy']}`** — {tiles['compute_saved'].value} less compute, prefill "
             f"{tiles['prefill'].value}, {quality}"
-            f"; saves **{data.money(cost.get('money_saved'), inputs.currency)} per month** at "
-            f"{inputs.images_per_month:,.0f} images. {data.verdict(arm, max_drop, metric).label}.")
+            f"; saves **{fmt.money(cost.get('money_saved'), inputs.currency)} per month** at "
+            f"{inputs.images_per_month:,.0f} images. {verdicts.verdict(arm, max_drop, metric).label}.")
 
 
 def overview(report: dict, max_drop: float, recommended: str | None, metric: str = "f1") -> None:
-    base = data.baseline_arm(report)
-    pruned = data.pruned_arms(report)
+    base = verdicts.baseline_arm(report)
+    pruned = verdicts.pruned_arms(report)
     st.markdown("### Overview")
     if base:
-        st.markdown(f"**Baseline** · macro-F1 {data.fixed(base.get('f1_macro'))} · accuracy "
-                    f"{data.pct(base.get('accuracy'))} · prefill p50 {data.ms(base.get('prefill_ms_p50'))} · total "
-                    f"p50 {data.ms(base.get('total_ms_p50'))} · {base.get('n', 0):,} samples")
+        st.markdown(f"**Baseline** · macro-F1 {fmt.fixed(base.get('f1_macro'))} · accuracy "
+                    f"{fmt.pct(base.get('accuracy'))} · prefill p50 {fmt.ms(base.get('prefill_ms_p50'))} · total "
+                    f"p50 {fmt.ms(base.get('total_ms_p50'))} · {base.get('n', 0):,} samples")
     else:
         st.info("This run has no baseline arm, so there is nothing to compare against.")
     if base and not pruned:
@@ -303,36 +308,36 @@ def overview(report: dict, max_drop: float, recommended: str | None, metric: str
         arm_block(arm, base, max_drop, recommended, metric)
 
 
-def cost_panel(report: dict, inputs: data.CostInputs, arms: list[str] | None = None) -> None:
+def cost_panel(report: dict, inputs: costs.CostInputs, arms: list[str] | None = None) -> None:
     st.markdown("### Monthly cost")
     st.caption(f"**Inputs:** {inputs.describe()}. Per-image time: p50 total latency measured on "
-               f"**{data.machine_text(report.get('machine'))}** at batch size **{report.get('batch_size')}** "
+               f"**{fmt.machine_text(report.get('machine'))}** at batch size **{report.get('batch_size')}** "
                "(latencies are comparable only within one machine). GPU-hours = images × latency / 3.6e6 ms / "
                "utilisation; money = GPU-hours × price.")
-    rows = data.cost_rows(report, inputs)
+    rows = costs.cost_rows(report, inputs)
     if arms is not None:
-        rows = [r for r in rows if r["strategy"] == data.BASELINE or r["arm"] in arms]
-    base = next((r for r in rows if r["strategy"] == data.BASELINE), None)
-    pruned = [r for r in rows if r["strategy"] != data.BASELINE]
+        rows = [r for r in rows if r["strategy"] == BASELINE or r["arm"] in arms]
+    base = next((r for r in rows if r["strategy"] == BASELINE), None)
+    pruned = [r for r in rows if r["strategy"] != BASELINE]
     tiles = ([base] if base else []) + pruned
     if tiles:
         columns = st.columns(min(4, len(tiles)))
         for i, row in enumerate(tiles):
             column = columns[i % len(columns)]
             if row is base:
-                column.metric("Baseline: cost / month", data.money(row["cost"], inputs.currency),
-                              f"{data.hours(row['gpu_hours'])} GPU time", delta_color="off", delta_arrow="off",
+                column.metric("Baseline: cost / month", fmt.money(row["cost"], inputs.currency),
+                              f"{fmt.hours(row['gpu_hours'])} GPU time", delta_color="off", delta_arrow="off",
                               border=True)
             else:
-                column.metric(f"Saved / month · {row['arm']}", data.money(row["money_saved"], inputs.currency),
-                              f"{data.hours(row['gpu_hours_saved'])} GPU time ({data.pct(row['saved_share'])})",
+                column.metric(f"Saved / month · {row['arm']}", fmt.money(row["money_saved"], inputs.currency),
+                              f"{fmt.hours(row['gpu_hours_saved'])} GPU time ({fmt.pct(row['saved_share'])})",
                               delta_color="normal", border=True)
     table = pd.DataFrame([{
-        "arm": r["arm"], "total latency p50": data.ms(r["total_ms_p50"]),
-        "GPU-hours / month": data.hours(r["gpu_hours"]),
-        "cost / month": data.money(r["cost"], inputs.currency),
-        "GPU-hours saved": data.hours(r["gpu_hours_saved"]) if r["strategy"] != data.BASELINE else "",
-        "money saved / month": data.money(r["money_saved"], inputs.currency) if r["strategy"] != data.BASELINE else "",
+        "arm": r["arm"], "total latency p50": fmt.ms(r["total_ms_p50"]),
+        "GPU-hours / month": fmt.hours(r["gpu_hours"]),
+        "cost / month": fmt.money(r["cost"], inputs.currency),
+        "GPU-hours saved": fmt.hours(r["gpu_hours_saved"]) if r["strategy"] != BASELINE else "",
+        "money saved / month": fmt.money(r["money_saved"], inputs.currency) if r["strategy"] != BASELINE else "",
     } for r in rows])
     if len(table):
         st.dataframe(table, hide_index=True, width="stretch")
@@ -343,7 +348,7 @@ def tradeoff_section(points: pd.DataFrame, max_drop: float, metric: str, what: s
     if len(points) < 2:
         st.info("Nothing to compare yet: the trade-off needs the baseline and at least one pruned arm with results.")
         return
-    title = data.metric_title(metric)
+    title = verdicts.metric_title(metric)
     left, right = st.columns(2)
     left.altair_chart(charts.tradeoff_chart(points, "compute_ratio", "Paper TFLOPs ratio (vs baseline)", max_drop,
                                             title, title=f"Compute vs {title}"), width="stretch")
@@ -358,7 +363,7 @@ def evidence(url: str, info: dict, report: dict, key: tuple, metric: str = "f1")
     st.markdown("### Evidence")
     samples = _samples(url, info["run_id"], key)
     names = ["Latency", "Per-class F1", "Disagreements with baseline", "Tokens per layer"]
-    if data.open_ended(report.get("arms") or []):
+    if open_ended(report.get("arms") or []):
         names.insert(2, "Worst-hit answers")
     tabs = dict(zip(names, st.tabs(names), strict=True))
     with tabs["Latency"]:
@@ -371,7 +376,7 @@ def evidence(url: str, info: dict, report: dict, key: tuple, metric: str = "f1")
             right.altair_chart(charts.latency_chart(samples, "total_ms", "Total latency per sample (ms)"),
                                width="stretch")
             st.caption(f"Per-sample times (a batch's time divided by its size, batch size {report.get('batch_size')}) "
-                       f"on {data.machine_text(report.get('machine'))}.")
+                       f"on {fmt.machine_text(report.get('machine'))}.")
     with tabs["Per-class F1"]:
         frame = charts.per_class_frame(report)
         if frame.empty:
@@ -381,7 +386,7 @@ def evidence(url: str, info: dict, report: dict, key: tuple, metric: str = "f1")
             wide = frame.pivot(index="label", columns="arm", values="f1")
             order = [a["name"] for a in report["arms"]]
             wide = wide.reindex(index=report.get("labels") or wide.index, columns=order)
-            st.dataframe(wide.map(lambda v: data.fixed(v)), width="stretch")
+            st.dataframe(wide.map(lambda v: fmt.fixed(v)), width="stretch")
     if "Worst-hit answers" in tabs:
         with tabs["Worst-hit answers"]:
             worst_hit_section(info, report, samples, metric)
@@ -398,8 +403,8 @@ def evidence(url: str, info: dict, report: dict, key: tuple, metric: str = "f1")
 
 
 def disagreement_section(info: dict, report: dict, samples: pd.DataFrame) -> None:
-    pruned = [a["name"] for a in data.pruned_arms(report)]
-    base = data.baseline_arm(report)
+    pruned = [a["name"] for a in verdicts.pruned_arms(report)]
+    base = verdicts.baseline_arm(report)
     if not pruned or base is None:
         st.info("Disagreements need a baseline and a pruned arm.")
         return
@@ -451,24 +456,24 @@ def answer_box(content: str) -> str:
 
 def worst_hit_line(row) -> str:
     """The scores of one worst-hit sample, as Markdown."""
-    similar = data.metric_title(row.similarity_basis)
-    if data.num(row.baseline_score) is None:  # no references: the drop is 1 - the similarity to the baseline's
-        line = f"{similar} {data.fixed(row.similarity)} (drop {data.pts(row.drop, signed=False)})"
+    similar = verdicts.metric_title(row.similarity_basis)
+    if fmt.num(row.baseline_score) is None:  # no references: the drop is 1 - the similarity to the baseline's
+        line = f"{similar} {fmt.fixed(row.similarity)} (drop {fmt.pts(row.drop, signed=False)})"
     else:
-        line = (f"{data.metric_title(row.basis)} {data.fixed(row.baseline_score)} → {data.fixed(row.pruned_score)} "
-                f"(drop {data.pts(row.drop, signed=False)}) · {similar} {data.fixed(row.similarity)}")
+        line = (f"{verdicts.metric_title(row.basis)} {fmt.fixed(row.baseline_score)} → {fmt.fixed(row.pruned_score)} "
+                f"(drop {fmt.pts(row.drop, signed=False)}) · {similar} {fmt.fixed(row.similarity)}")
         scores = row.pruned_scores or {}
         if row.task == "json" and "fields_matched" in scores:
-            line += (f" · fields matched {(row.baseline_scores or {}).get('fields_matched', data.MISSING)} → "
-                     f"{scores['fields_matched']} of {scores.get('fields_reference', data.MISSING)}")
+            line += (f" · fields matched {(row.baseline_scores or {}).get('fields_matched', fmt.MISSING)} → "
+                     f"{scores['fields_matched']} of {scores.get('fields_reference', fmt.MISSING)}")
     if row.pruned_finish == "length":
         line += " · pruned answer cut at the token limit"
     return line
 
 
 def worst_hit_section(info: dict, report: dict, samples: pd.DataFrame, metric: str) -> None:
-    pruned = [a["name"] for a in data.pruned_arms(report)]
-    base = data.baseline_arm(report)
+    pruned = [a["name"] for a in verdicts.pruned_arms(report)]
+    base = verdicts.baseline_arm(report)
     if not pruned or base is None:
         st.info("Worst-hit answers need a baseline and a pruned arm.")
         return
@@ -478,12 +483,12 @@ def worst_hit_section(info: dict, report: dict, samples: pd.DataFrame, metric: s
     if hit.empty:
         st.success(f"No open-ended answer got worse under {arm} ({len(rows)} compared with the baseline's).")
         return
-    title = data.metric_title(metric)
-    if metric in data.VS_BASELINE_METRICS:
+    title = verdicts.metric_title(metric)
+    if metric in VS_BASELINE_METRICS:
         ranked = f"1 − the {title} of each pruned answer (no references needed)"
     else:
         score = (f"{title} against the references (baseline − pruned; rows without it: ANLS for text, field F1 "
-                 "for JSON)" if metric in data.SCORE_METRICS else "each answer's score against the references "
+                 "for JSON)" if metric in SCORE_METRICS else "each answer's score against the references "
                  "(baseline − pruned; ANLS for text, field F1 for JSON)")
         ranked = (f"the drop of {score}, samples without references by 1 − the ANLS of the pruned answer to the "
                   "baseline's")
@@ -509,7 +514,7 @@ def worst_hit_section(info: dict, report: dict, samples: pd.DataFrame, metric: s
                 kept_patches(paths.get(row.sample_id), row, width=95)
 
 
-def export_section(report: dict, inputs: data.CostInputs, max_drop: float, recommended: str | None,
+def export_section(report: dict, inputs: costs.CostInputs, max_drop: float, recommended: str | None,
                    metric: str = "f1") -> None:
     st.markdown("### Export")
     left, right = st.columns(2)
@@ -525,53 +530,53 @@ def export_section(report: dict, inputs: data.CostInputs, max_drop: float, recom
 # ---------------------------------------------------------------- views
 
 
-def run_view(url: str, run_id: int, max_drop: float, inputs: data.CostInputs, choice: str = "auto") -> None:
+def run_view(url: str, run_id: int, max_drop: float, inputs: costs.CostInputs, choice: str = "auto") -> None:
     engine = _engine(url)
-    info = data.run_info(engine, run_id)
+    info = store.run_info(engine, run_id)
     run_header(info)
-    if info["status"] in data.IN_PROGRESS:
+    if info["status"] in store.IN_PROGRESS:
         progress_panel(info, in_progress=True)
         return
     if info["status"] != "completed":
         progress_panel(info, in_progress=False)
-    key = data.stamp(info)
+    key = store.stamp(info)
     report = _report(url, run_id, key)
     studies = [s for s in _studies(url) if s.get("recommended_strategy")]
     tuned = next((s["recommended_strategy"] for s in reversed(studies)
                   if run_id in (s.get("baseline_run_id"), s.get("verification_run_id"))), None)
-    metric = data.resolve_metric(choice, report)
-    recommended = data.recommended_arm(report, max_drop, metric, tuned)
-    st.caption(f"Latencies measured on {data.machine_text(report.get('machine'))}, batch size "
+    metric = verdicts.resolve_metric(choice, report)
+    recommended = verdicts.recommended_arm(report, max_drop, metric, tuned)
+    st.caption(f"Latencies measured on {fmt.machine_text(report.get('machine'))}, batch size "
                f"{report.get('batch_size')}.")
-    if metric in data.SCORE_METRICS:
+    if metric in SCORE_METRICS:
         st.caption(f"Open-ended answers: each pruned arm is judged by the change of its mean "
-                   f"{data.metric_title(metric)} against the reference answers, paired with the baseline on the same "
-                   "samples (bootstrap 95% intervals).")
-    elif metric in data.VS_BASELINE_METRICS:
-        st.caption(f"Open-ended answers: each pruned arm is judged by the {data.metric_title(metric)} of its answers "
-                   "(1 = the baseline's answer; no references needed), with a bootstrap 95% interval.")
-    elif not data.has_labels(report):
+                   f"{verdicts.metric_title(metric)} against the reference answers, paired with the baseline on the "
+                   "same samples (bootstrap 95% intervals).")
+    elif metric in VS_BASELINE_METRICS:
+        st.caption(f"Open-ended answers: each pruned arm is judged by the {verdicts.metric_title(metric)} of its "
+                   "answers (1 = the baseline's answer; no references needed), with a bootstrap 95% interval.")
+    elif not verdicts.has_labels(report):
         st.caption("No labels in this run: each pruned arm is judged by how many of the baseline's answers it "
                    "changes (agreement), not by accuracy.")
     headline(report, max_drop, inputs, recommended, metric)
     overview(report, max_drop, recommended, metric)
     cost_panel(report, inputs)
-    points = data.run_points(report, max_drop, metric, recommended)
+    points = verdicts.run_points(report, max_drop, metric, recommended)
     tradeoff_section(points, max_drop, metric, "an arm of this run (same samples, paired against the baseline)")
-    if recommended is None and data.pruned_arms(report):
+    if recommended is None and verdicts.pruned_arms(report):
         st.caption("No arm is marked recommended: none meets the budget with confidence.")
     evidence(url, info, report, key, metric)
     export_section(report, inputs, max_drop, recommended, metric)
 
 
-def study_view(url: str, study: dict, max_drop: float, inputs: data.CostInputs, choice: str = "auto") -> None:
+def study_view(url: str, study: dict, max_drop: float, inputs: costs.CostInputs, choice: str = "auto") -> None:
     settings = study.get("settings") or {}
-    metric = data.metric_key(settings.get("metric")) if choice in (None, "auto") else data.metric_key(choice)
+    metric = metric_key(settings.get("metric")) if choice in (None, "auto") else metric_key(choice)
     st.subheader(f"Tuning study: {study['name']}")
-    study_budget = data.num(settings.get("max_drop"))
+    study_budget = fmt.num(settings.get("max_drop"))
     bits = [f"metric {settings.get('metric', 'f1_macro')}", f"objective {settings.get('objective', 'tflops')}"]
     if study_budget is not None:
-        bits.append(f"tuned for a max drop of {data.pts(study_budget, signed=False)}")
+        bits.append(f"tuned for a max drop of {fmt.pts(study_budget, signed=False)}")
     st.caption(" · ".join(bits))
     try:
         trials = _trials(url, study["optuna_study_name"])
@@ -591,18 +596,18 @@ def study_view(url: str, study: dict, max_drop: float, inputs: data.CostInputs, 
     recommended = study.get("recommended_strategy")
     columns[3].metric("Recommended", "yes" if recommended else "none yet", delta_arrow="off", border=True)
     if study_budget is not None and abs(study_budget - max_drop) > 1e-12:
-        st.caption(f"Trial colours follow the study's own budget ({data.pts(study_budget, signed=False)}); the "
-                   f"dashed line shows the budget set in the sidebar ({data.pts(max_drop, signed=False)}).")
+        st.caption(f"Trial colours follow the study's own budget ({fmt.pts(study_budget, signed=False)}); the "
+                   f"dashed line shows the budget set in the sidebar ({fmt.pts(max_drop, signed=False)}).")
     if recommended:
         st.success(f"**Recommended schedule:** `{recommended}`")
     else:
         st.warning("No recommended schedule: no trial has met the budget on held-out data yet.")
     verification = study.get("verification_run_id")
     if verification:
-        info = data.run_info(_engine(url), verification)
+        info = store.run_info(_engine(url), verification)
         if info["status"] == "completed":
-            report = _report(url, verification, data.stamp(info))
-            pruned = data.pruned_arms(report)
+            report = _report(url, verification, store.stamp(info))
+            pruned = verdicts.pruned_arms(report)
             arm = next((a for a in pruned if a["strategy"] == recommended), None if recommended else
                        next(iter(pruned), None))
             what = "verification" if recommended else "check of the best candidate (it did not hold the budget)"
@@ -612,11 +617,11 @@ def study_view(url: str, study: dict, max_drop: float, inputs: data.CostInputs, 
             else:
                 if recommended:
                     headline(report, max_drop, inputs, arm["name"], metric)
-                arm_block(arm, data.baseline_arm(report), max_drop, arm["name"] if recommended else None, metric)
+                arm_block(arm, verdicts.baseline_arm(report), max_drop, arm["name"] if recommended else None, metric)
                 cost_panel(report, inputs, arms=[arm["name"]])
         else:
             st.info(f"Held-out verification run #{verification} is {info['status']}.")
-    points = data.trial_points(trials, metric, recommended, study_budget if study_budget is not None else max_drop)
+    points = trial_points(trials, metric, recommended, study_budget if study_budget is not None else max_drop)
     if len(points) <= 1:
         st.info("No finished trial with a strategy and a metric drop yet.")
     else:
@@ -626,22 +631,22 @@ def study_view(url: str, study: dict, max_drop: float, inputs: data.CostInputs, 
         values = trials["values"].map(lambda v: "" if v is None else ", ".join(f"{x:.4g}" for x in v))
         table = trials.assign(values=values)
         # open-ended drops only where the study has them (a label study's table stays as it was)
-        table = table.drop(columns=[c for c in data.OPEN_DROPS if table[c].isna().all()])
+        table = table.drop(columns=[c for c in OPEN_DROPS if table[c].isna().all()])
         st.dataframe(table, hide_index=True, width="stretch")
 
 
 def main() -> None:
     st.set_page_config(page_title=TITLE, layout="wide")
-    url = data.resolve_db_url(sys.argv[1:])
+    url = store.resolve_db_url(sys.argv[1:])
     st.title(TITLE)
     try:
         engine = _engine(url)
-    except data.StoreUnavailable as error:
-        st.sidebar.caption(f"Database: `{data.display_url(url)}`")
+    except store.StoreUnavailable as error:
+        st.sidebar.caption(f"Database: `{store.display_url(url)}`")
         (st.warning if error.kind != "unreachable" else st.error)(error.message)
         return
     try:
-        runs = data.list_runs(engine)
+        runs = store.list_runs(engine)
         studies = _studies(url)
         kind, selection, max_drop, metric, inputs = sidebar(url, runs, studies)
         if not runs and not studies:

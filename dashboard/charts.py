@@ -11,6 +11,7 @@ import altair as alt
 import pandas as pd
 from PIL import Image, ImageDraw
 
+from pilot.pruning.strategies import parse
 from pilot.report import finite_number
 
 BASELINE_COLOUR = "#4c4c4c"
@@ -398,6 +399,16 @@ def tile_gap(cell: int) -> int:
     return max(2, cell // 4)
 
 
+def pool_factor(strategy: str) -> int | None:
+    """The pooling window of a ``pool`` arm (``pilot.pruning.strategies.parse``), None for every other strategy
+    and for a strategy this version cannot read."""
+    try:
+        factor = parse(strategy).pool_factor
+    except (TypeError, ValueError):
+        return None
+    return factor if factor > 1 else None
+
+
 def kept_overlays(image_path: str | Path, visual_tokens: Any, kept_indices: Any, strategy: str,
                   tokens_per_layer: Sequence[int] | None = None, cell: int | None = None, image_grids: Any = None,
                   ) -> tuple[list[Image.Image], list[str], str | None]:
@@ -411,8 +422,6 @@ def kept_overlays(image_path: str | Path, visual_tokens: Any, kept_indices: Any,
     stored for the sample (see ``token_grids``); without them the tokens must form one square. ``note``
     explains why there is no picture (no grid, no stored indices, missing image).
     """
-    from dashboard.data import pool_factor
-
     grids, note = token_grids(visual_tokens, image_grids)
     if grids is None:
         return [], [], note

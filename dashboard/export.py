@@ -14,7 +14,10 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from dashboard import data
+from dashboard import costs, verdicts
+from dashboard import formatting as fmt
+from pilot.metrics import SCORE_METRICS, metric_key
+from pilot.summaries import BASELINE
 
 CSV_COLUMNS = [
     "run", "arm", "strategy", "n", "errors", "accuracy", "f1_macro", "f1_delta", "f1_delta_ci_low",
@@ -26,24 +29,24 @@ CSV_COLUMNS = [
 ]
 
 
-def kpi_rows(report: Mapping[str, Any], inputs: data.CostInputs, max_drop: float = 0.01,
+def kpi_rows(report: Mapping[str, Any], inputs: costs.CostInputs, max_drop: float = 0.01,
              metric: str = "f1") -> list[dict]:
     """One flat row per arm: quality, verdict, compute, latency and cost (raw numbers, not formatted)."""
-    costs = {row["arm"]: row for row in data.cost_rows(report, inputs)}
-    machine = data.machine_text(report.get("machine"))
+    cost_by_arm = {row["arm"]: row for row in costs.cost_rows(report, inputs)}
+    machine = fmt.machine_text(report.get("machine"))
     rows = []
     for arm in report.get("arms") or []:
         vs = arm.get("vs_baseline") or {}
         ci = vs.get("f1_delta_ci") or [None, None]
-        prefill, total = data.num(vs.get("prefill_ratio")), data.num(vs.get("total_ratio"))
-        cost = costs.get(arm["name"], {})
+        prefill, total = fmt.num(vs.get("prefill_ratio")), fmt.num(vs.get("total_ratio"))
+        cost = cost_by_arm.get(arm["name"], {})
         rows.append({
             "run": report.get("name"), "arm": arm["name"], "strategy": arm["strategy"], "n": arm.get("n"),
             "errors": arm.get("errors"), "accuracy": arm.get("accuracy"), "f1_macro": arm.get("f1_macro"),
             "f1_delta": vs.get("f1_delta"), "f1_delta_ci_low": ci[0], "f1_delta_ci_high": ci[1],
-            "verdict": "baseline" if not arm.get("vs_baseline") and arm["strategy"] == data.BASELINE
-            else data.verdict(arm, max_drop, metric).label,
-            "compute_saved": data.compute_saved(arm), "paper_tflops_ratio": vs.get("paper_tflops_ratio"),
+            "verdict": "baseline" if not arm.get("vs_baseline") and arm["strategy"] == BASELINE
+            else verdicts.verdict(arm, max_drop, metric).label,
+            "compute_saved": verdicts.compute_saved(arm), "paper_tflops_ratio": vs.get("paper_tflops_ratio"),
             "full_tflops_ratio": vs.get("full_tflops_ratio"),
             "prefill_ms_p50": arm.get("prefill_ms_p50"), "prefill_ms_p95": arm.get("prefill_ms_p95"),
             "prefill_change": None if prefill is None else prefill - 1,
@@ -62,7 +65,7 @@ def kpi_rows(report: Mapping[str, Any], inputs: data.CostInputs, max_drop: float
     return rows
 
 
-def build_csv(report: Mapping[str, Any], inputs: data.CostInputs, max_drop: float = 0.01, metric: str = "f1") -> str:
+def build_csv(report: Mapping[str, Any], inputs: costs.CostInputs, max_drop: float = 0.01, metric: str = "f1") -> str:
     """The KPIs per arm as CSV (one header line, one line per arm; empty cells for missing values)."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
@@ -90,8 +93,8 @@ def report_charts(report: Mapping[str, Any], max_drop: float = 0.01, metric: str
     """The report's Altair charts by title: compute vs. metric, latency vs. metric, per-class F1."""
     from dashboard import charts
 
-    points = data.run_points(report, max_drop, metric, recommended)
-    title = data.metric_title(metric)
+    points = verdicts.run_points(report, max_drop, metric, recommended)
+    title = verdicts.metric_title(metric)
     out: dict[str, Any] = {}
     if len(points) > 1:
         out[f"Compute vs {title}"] = charts.tradeoff_chart(points, "compute_ratio", "Paper TFLOPs ratio (vs baseline)",
@@ -140,7 +143,7 @@ def _table(headers: list[str], rows: list[list[str]], left: int = 1) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def build_html(report: Mapping[str, Any], inputs: data.CostInputs, max_drop: float = 0.01, metric: str = "f1",
+def build_html(report: Mapping[str, Any], inputs: costs.CostInputs, max_drop: float = 0.01, metric: str = "f1",
                recommended: str | None = None, charts: Mapping[str, Any] | None = None,
                render_charts: bool = True) -> str:
     """A self-contained HTML report: KPI table, verdicts, cost panel and the charts as embedded PNG images.
@@ -148,9 +151,9 @@ def build_html(report: Mapping[str, Any], inputs: data.CostInputs, max_drop: flo
     ``charts`` maps a title to PNG bytes or an Altair chart; by default the report's own charts are drawn
     (``render_charts=False`` leaves them out). Nothing in the page refers to anything outside it.
     """
-    metric_name = data.metric_title(metric)
-    base = data.baseline_arm(report)
-    rec = recommended if recommended is not None else data.recommended_arm(report, max_drop, metric)
+    metric_name = verdicts.metric_title(metric)
+    base = verdicts.baseline_arm(report)
+    rec = recommended if recommended is not None else verdicts.recommended_arm(report, max_drop, metric)
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>TransPrune pilot: {_e(report.get('name'))}</title><style>{_CSS}</style></head><body>",
@@ -158,25 +161,25 @@ def build_html(report: Mapping[str, Any], inputs: data.CostInputs, max_drop: flo
         f"<p class='meta'>Run <b>{_e(report.get('name'))}</b> (#{_e(report.get('run_id'))}, {_e(report.get('status'))})"
         f" · dataset {_e(report.get('dataset'))} · model {_e(report.get('model'))} · created "
         f"{_e(_when(report.get('created_at')))}</p>",
-        f"<p class='meta'>Latencies measured on {_e(data.machine_text(report.get('machine')))}, batch size "
+        f"<p class='meta'>Latencies measured on {_e(fmt.machine_text(report.get('machine')))}, batch size "
         f"{_e(report.get('batch_size'))}: comparable only within one machine.</p>",
     ]
     if base:
-        parts.append(f"<p>Baseline: macro-F1 {_e(data.fixed(base.get('f1_macro')))} · "
-                     f"accuracy {_e(data.pct(base.get('accuracy')))} · "
-                     f"prefill p50 {_e(data.ms(base.get('prefill_ms_p50')))} · total p50 "
-                     f"{_e(data.ms(base.get('total_ms_p50')))} · {_e(base.get('n'))} samples</p>")
+        parts.append(f"<p>Baseline: macro-F1 {_e(fmt.fixed(base.get('f1_macro')))} · "
+                     f"accuracy {_e(fmt.pct(base.get('accuracy')))} · "
+                     f"prefill p50 {_e(fmt.ms(base.get('prefill_ms_p50')))} · total p50 "
+                     f"{_e(fmt.ms(base.get('total_ms_p50')))} · {_e(base.get('n'))} samples</p>")
 
-    budget = _e(data.pts(max_drop, signed=False))
-    if data.metric_key(metric) == "agreement":
-        parts.append(f"<h2>Verdicts against the budget (at most {_e(data.pct(max_drop))} of answers changed)</h2>")
+    budget = _e(fmt.pts(max_drop, signed=False))
+    if metric_key(metric) == "agreement":
+        parts.append(f"<h2>Verdicts against the budget (at most {_e(fmt.pct(max_drop))} of answers changed)</h2>")
     else:
         parts.append(f"<h2>Verdicts against the budget (max {metric_name} drop {budget})</h2>")
-    pruned = data.pruned_arms(report)
+    pruned = verdicts.pruned_arms(report)
     if not pruned:
         parts.append("<p>This run has no pruned arm.</p>")
     for arm in pruned:
-        v = data.verdict(arm, max_drop, metric)
+        v = verdicts.verdict(arm, max_drop, metric)
         star = " ★ recommended" if arm["name"] == rec else ""
         parts.append(f"<div class='verdict {v.status}'><b>{_e(arm['name'])}{star}: {_e(v.label)}.</b> "
                      f"{_e(v.text)}</div>")
@@ -186,26 +189,26 @@ def build_html(report: Mapping[str, Any], inputs: data.CostInputs, max_drop: flo
                "invalid answers", "agreement", "McNemar p", "verdict"]
     rows = []
     for arm in report.get("arms") or []:
-        tiles = {t.key: t for t in data.arm_tiles(arm, base, metric)}
+        tiles = {t.key: t for t in verdicts.arm_tiles(arm, base, metric)}
         vs = arm.get("vs_baseline") or {}
-        is_base = arm.get("strategy") == data.BASELINE
-        chosen = data.quality_tile(vs, metric)  # an open-ended metric's change or similarity, with its interval
-        key = data.metric_key(metric)
+        is_base = arm.get("strategy") == BASELINE
+        chosen = verdicts.quality_tile(vs, metric)  # an open-ended metric's change or similarity, with its interval
+        key = metric_key(metric)
         rows.append([
             arm["name"], "baseline" if is_base else tiles["compute_saved"].value,
-            data.ms(arm.get("prefill_ms_p50")) if is_base else tiles["prefill"].value,
-            data.ms(arm.get("total_ms_p50")) if is_base else tiles["total"].value,
-            (data.fixed(arm.get(key)) if key in data.SCORE_METRICS else data.fixed(arm.get("f1_macro"))) if is_base
+            fmt.ms(arm.get("prefill_ms_p50")) if is_base else tiles["prefill"].value,
+            fmt.ms(arm.get("total_ms_p50")) if is_base else tiles["total"].value,
+            (fmt.fixed(arm.get(key)) if key in SCORE_METRICS else fmt.fixed(arm.get("f1_macro"))) if is_base
             else (chosen or tiles.get("f1_change") or tiles["agreement"]).value,
             "" if is_base else chosen.delta.removeprefix("CI ") if chosen
-            else data.ci_pts(vs.get("f1_delta_ci")) if "f1_change" in tiles
+            else fmt.ci_pts(vs.get("f1_delta_ci")) if "f1_change" in tiles
             else tiles["agreement"].delta,
-            tiles["invalid"].value, data.pct(vs.get("agreement")) if vs else "",
-            data.fixed(vs.get("mcnemar_p")) if vs else "",
-            "" if is_base else data.verdict(arm, max_drop, metric).label,
+            tiles["invalid"].value, fmt.pct(vs.get("agreement")) if vs else "",
+            fmt.fixed(vs.get("mcnemar_p")) if vs else "",
+            "" if is_base else verdicts.verdict(arm, max_drop, metric).label,
         ])
     parts.append(_table(headers, rows))
-    absolute = metric_name if data.metric_key(metric) in data.SCORE_METRICS else "macro-F1"
+    absolute = metric_name if metric_key(metric) in SCORE_METRICS else "macro-F1"
     parts.append("<p class='note'>Compute saved = 1 − paper TFLOPs ratio (mean of per-sample ratios). Latency changes "
                  f"compare medians. Baseline rows show absolute p50 latency and {_e(absolute)}.</p>")
 
@@ -213,13 +216,13 @@ def build_html(report: Mapping[str, Any], inputs: data.CostInputs, max_drop: flo
     parts.append(f"<p>Inputs: {_e(inputs.describe())}. GPU-hours per month = images × p50 total latency / "
                  f"3,600,000 ms / utilisation; money = GPU-hours × price.</p>")
     cost_rows = []
-    for row in data.cost_rows(report, inputs):
-        is_base = row["strategy"] == data.BASELINE
-        cost_rows.append([row["arm"], data.ms(row["total_ms_p50"]), data.hours(row["gpu_hours"]),
-                          data.money(row["cost"], inputs.currency),
-                          "" if is_base else data.hours(row["gpu_hours_saved"]),
-                          "" if is_base else data.money(row["money_saved"], inputs.currency),
-                          "" if is_base else data.pct(row["saved_share"])])
+    for row in costs.cost_rows(report, inputs):
+        is_base = row["strategy"] == BASELINE
+        cost_rows.append([row["arm"], fmt.ms(row["total_ms_p50"]), fmt.hours(row["gpu_hours"]),
+                          fmt.money(row["cost"], inputs.currency),
+                          "" if is_base else fmt.hours(row["gpu_hours_saved"]),
+                          "" if is_base else fmt.money(row["money_saved"], inputs.currency),
+                          "" if is_base else fmt.pct(row["saved_share"])])
     parts.append(_table(["arm", "total latency p50", "GPU-hours / month", "cost / month", "GPU-hours saved",
                          "money saved / month", "saved"], cost_rows))
 

@@ -38,6 +38,8 @@ SCORE_METRICS = ("exact_match", "anls", "token_f1", "relaxed_accuracy", "field_p
 # Label-free, open-ended: each pruned answer scored against the baseline's answer (1.0: the same text).
 VS_BASELINE_METRICS = ("anls_vs_baseline", "token_f1_vs_baseline")
 METRICS = ("f1", "accuracy", "agreement", *SCORE_METRICS, *VS_BASELINE_METRICS)
+# Other spellings of a budget metric: the tuner's name for macro-F1, and a short one for accuracy.
+METRIC_ALIASES = {"f1_macro": "f1", "acc": "accuracy"}
 Z95 = 1.959963984540054
 
 # McNemar: below this many discordant pairs the exact binomial test is used, at or above it the
@@ -46,6 +48,18 @@ EXACT_BELOW = 25
 # A budget is compared with a tolerance so that float noise (0.80 - 0.81 = -0.010000000000000009)
 # does not fail a drop of exactly the budget.
 _BUDGET_TOL = 1e-9
+
+
+def metric_key(metric: str | None) -> str:
+    """A budget metric as the CLI, the tuner's settings or the dashboard name it -> its key in a comparison with the
+    baseline (``budget_verdict``, ``metric_drop``): one of ``METRICS``, or an alias (``METRIC_ALIASES``: "f1_macro"
+    is "f1"); None or "" is macro-F1, case and spaces around do not matter. An unknown name raises ValueError (a
+    typo must not quietly become macro-F1)."""
+    name = (metric or "f1").strip().lower()
+    key = METRIC_ALIASES.get(name, name)
+    if key not in METRICS:
+        raise ValueError(f"metric {metric!r}: use one of {', '.join((*METRICS, *METRIC_ALIASES))}")
+    return key
 
 
 @dataclass(frozen=True)

@@ -52,11 +52,9 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pilot.metrics import _BUDGET_TOL, SCORE_METRICS, VS_BASELINE_METRICS, budget_verdict
+from pilot.metrics import _BUDGET_TOL, SCORE_METRICS, VS_BASELINE_METRICS, budget_verdict, metric_key
 
 Z = 1.959963984540054  # two-sided 95% interval -> its upper end is a one-sided 97.5% bound
-METRICS = {"f1": "f1", "f1_macro": "f1", "accuracy": "accuracy", "agreement": "agreement",
-           **{metric: metric for metric in (*SCORE_METRICS, *VS_BASELINE_METRICS)}}
 TITLES = {"f1": "macro-F1", "accuracy": "accuracy", "agreement": "answer change", "anls": "ANLS",
           "exact_match": "exact match", "token_f1": "token F1", "relaxed_accuracy": "relaxed accuracy",
           "field_f1": "JSON field F1", "field_precision": "JSON field precision", "field_recall": "JSON field recall",
@@ -67,14 +65,6 @@ WILL_NOT_HELP = "the observed drop already reaches the budget: more samples will
 NO_PAIRS = "no paired results with the baseline"
 NO_DISCORDANCE = "no discordance information"
 ASSUMES = "if the observed drop and discordance hold on more samples"
-
-
-def metric_key(metric: str | None) -> str:
-    """``f1`` / ``f1_macro`` -> "f1", ``accuracy`` -> "accuracy", ``agreement`` -> "agreement"."""
-    key = METRICS.get((metric or "f1").lower())
-    if key is None:
-        raise ValueError(f"metric {metric!r}: use one of {', '.join(METRICS)}")
-    return key
 
 
 def _normal_n(variance: float, gap: float, z: float = Z) -> int | None:

@@ -279,7 +279,9 @@ def _generation_columns() -> list[tuple[str, _Cell]]:
 def budget_metric(arms: Sequence[dict], metric: str) -> str:
     """``metric``, or what this run can give a verdict on when it is a label KPI and the run has no labels: ANLS
     against references, else ANLS to the baseline's open-ended answers, else the share of changed answers."""
-    if not labelled_none(arms) or metric_key_of(metric) not in ("f1", "accuracy"):
+    from pilot.metrics import metric_key
+
+    if not labelled_none(arms) or metric_key(metric) not in ("f1", "accuracy"):
         return metric
     if any(a.get("anls") is not None for a in arms):
         return "anls"
@@ -382,7 +384,8 @@ def _plan_note(plan: dict) -> str:
 
 def format_plan(plans: Sequence[dict], max_drop: float, metric: str = "f1") -> list[str]:
     """The sample-size plan of each pruned arm (``pilot.plan.plan_report``) as a table under a title line."""
-    from pilot.plan import TITLES, metric_key
+    from pilot.metrics import metric_key
+    from pilot.plan import TITLES
 
     title = TITLES[metric_key(metric)]
     budget = (f"at most {max_drop * 100:.1f}% of answers changed" if metric_key(metric) == "agreement" else
@@ -394,12 +397,6 @@ def format_plan(plans: Sequence[dict], max_drop: float, metric: str = "f1") -> l
             for p in plans]
     return lines + _table(["arm", "n", "drop", "95% upper", "needed", "more", "note"], rows,
                           [False, True, True, True, True, True, False])
-
-
-def metric_key_of(metric: str | None) -> str:
-    from pilot.plan import metric_key
-
-    return metric_key(metric)
 
 
 def format_report(report: dict, max_drop: float | None = 0.01, metric: str = "f1") -> str:

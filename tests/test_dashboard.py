@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from dashboard import charts, data, export
+from dashboard import charts, costs, data, export, verdicts
+from dashboard import formatting as fmt
 from dashboard.charts import pareto_front
+from dashboard.store import connect, default_run_id, resolve_db_url
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "dashboard" / "app.py")
@@ -177,20 +179,20 @@ def test_overview_tiles_and_verdicts_match_the_report(store, monkeypatch):
         vs = arm["vs_baseline"]
         got = {m.label: m for m in tiles[5 * i: 5 * i + 5]}
         assert got["Compute saved"].value == f"{(1 - vs['paper_tflops_ratio']) * 100:.1f}%"
-        assert got["Prefill latency"].value == data.signed_pct(vs["prefill_ratio"] - 1)
-        assert got["Total latency"].value == data.signed_pct(vs["total_ratio"] - 1)
-        assert got["Macro-F1 change"].value == data.pts(vs["f1_delta"])
-        assert got["Macro-F1 change"].delta == f"CI {data.ci_pts(vs['f1_delta_ci'])}"
+        assert got["Prefill latency"].value == fmt.signed_pct(vs["prefill_ratio"] - 1)
+        assert got["Total latency"].value == fmt.signed_pct(vs["total_ratio"] - 1)
+        assert got["Macro-F1 change"].value == fmt.pts(vs["f1_delta"])
+        assert got["Macro-F1 change"].delta == f"CI {fmt.ci_pts(vs['f1_delta_ci'])}"
         assert got["Invalid answers"].value == f"{arm['invalid_rate'] * 100:.1f}%"
         assert f"{arm['visual_tokens_kept']:.0f}/{base['visual_tokens_kept']:.0f} tokens" == \
             got["Compute saved"].delta
     page = texts(at)
     for arm in pruned:
-        assert data.verdict(arm, 0.01).label in page
+        assert verdicts.verdict(arm, 0.01).label in page
     assert "Budget" in page
     # the batch size and the machine stand next to the latency-based numbers
     assert f"batch size **{report['batch_size']}**" in page
-    assert data.machine_text(report["machine"]) in page
+    assert fmt.machine_text(report["machine"]) in page
 
 
 def test_cost_panel_follows_the_inputs(store, monkeypatch):
@@ -211,7 +213,7 @@ def test_cost_panel_follows_the_inputs(store, monkeypatch):
     for arm in report["arms"][1:]:
         saved = (gpu_hours(base) - gpu_hours(arm)) * 3.0
         tile = metrics[f"Saved / month · {arm['name']}"]
-        assert tile.value == data.money(saved)
+        assert tile.value == fmt.money(saved)
         assert f"{gpu_hours(base) - gpu_hours(arm):,.1f} h" in tile.delta
     assert "2,000,000 images per month · $3.00 per GPU-hour · 50% utilisation" in texts(at)
 
@@ -330,7 +332,7 @@ def test_interrupted_run_shows_partial_kpis_with_a_warning(tmp_path, monkeypatch
 def test_sqlite_store_is_opened_read_only(store):
     from sqlalchemy import text
 
-    engine = data.connect(store["url"])
+    engine = connect(store["url"])
     with engine.connect() as connection:
         assert connection.execute(text("SELECT count(*) FROM runs")).scalar() == 1
         with pytest.raises(Exception, match="readonly"):
@@ -347,7 +349,7 @@ def test_postgresql_store_is_read(postgres_url, monkeypatch):
     assert any(m.label == "Compute saved" and m.value == "50.0%" for m in at.metric)
     from sqlalchemy import text
 
-    engine = data.connect(url)
+    engine = connect(url)
     with engine.connect() as connection, pytest.raises(Exception, match="read-only"):
         connection.execute(text("DELETE FROM runs"))
     engine.dispose()
@@ -407,43 +409,43 @@ def test_pareto_front():
 
 
 def test_resolve_db_url(tmp_path):
-    assert data.resolve_db_url(["--db", "x.db"], {"PILOT_DB": "y.db"}) == "sqlite:///x.db"
-    assert data.resolve_db_url(["--db=postgresql://u@h/db"], {}) == "postgresql+psycopg://u@h/db"
-    assert data.resolve_db_url([], {"PILOT_DB": "sqlite:////a/b.db"}) == "sqlite:////a/b.db"
-    assert data.resolve_db_url([], {}) == "sqlite:///pilot.db"
+    assert resolve_db_url(["--db", "x.db"], {"PILOT_DB": "y.db"}) == "sqlite:///x.db"
+    assert resolve_db_url(["--db=postgresql://u@h/db"], {}) == "postgresql+psycopg://u@h/db"
+    assert resolve_db_url([], {"PILOT_DB": "sqlite:////a/b.db"}) == "sqlite:////a/b.db"
+    assert resolve_db_url([], {}) == "sqlite:///pilot.db"
 
 
 def test_default_run_is_the_latest_completed_comparison():
     runs = [{"run_id": 1, "status": "completed", "arms": ["baseline", "transprune"]},
             {"run_id": 2, "status": "completed", "arms": ["baseline"]},  # a tuner's baseline-only run
             {"run_id": 3, "status": "running", "arms": ["baseline", "fastv"]}]
-    assert data.default_run_id(runs) == 1
-    assert data.default_run_id(runs[1:]) == 2
-    assert data.default_run_id(runs[2:]) == 3
-    assert data.default_run_id([]) is None
+    assert default_run_id(runs) == 1
+    assert default_run_id(runs[1:]) == 2
+    assert default_run_id(runs[2:]) == 3
+    assert default_run_id([]) is None
     # After `make demo` the tuner's held-out verification is the newest run; the pilot run stays the landing page.
     verification = {"run_id": 4, "status": "completed", "arms": ["baseline", "transprune:prune_after=5,keep=0.5"],
                     "split": "heldout"}
-    assert data.default_run_id([*runs, verification]) == 1
+    assert default_run_id([*runs, verification]) == 1
 
 
 def test_verdicts():
     def arm(delta, lo):
         return {"vs_baseline": {"f1_delta": delta, "f1_delta_ci": [lo, 0.01]}}
 
-    assert data.verdict(arm(-0.005, -0.008), 0.01).status == "met_with_confidence"
-    assert data.verdict(arm(-0.005, -0.03), 0.01).status == "met"
-    assert data.verdict(arm(-0.02, -0.04), 0.01).status == "not_met"
-    assert data.verdict(arm(0.01, 0.0), 0.01).text.startswith("macro-F1 rises by 1.0 pts")
-    assert data.verdict({"vs_baseline": None}, 0.01).status == "unknown"
+    assert verdicts.verdict(arm(-0.005, -0.008), 0.01).status == "met_with_confidence"
+    assert verdicts.verdict(arm(-0.005, -0.03), 0.01).status == "met"
+    assert verdicts.verdict(arm(-0.02, -0.04), 0.01).status == "not_met"
+    assert verdicts.verdict(arm(0.01, 0.0), 0.01).text.startswith("macro-F1 rises by 1.0 pts")
+    assert verdicts.verdict({"vs_baseline": None}, 0.01).status == "unknown"
 
 
 def test_cost_formula():
-    inputs = data.CostInputs(images_per_month=1_000_000, price_per_gpu_hour=2.5, utilisation=0.6)
-    assert data.gpu_hours_per_month(360.0, inputs) == pytest.approx(1_000_000 * 360 / 3.6e6 / 0.6)
+    inputs = costs.CostInputs(images_per_month=1_000_000, price_per_gpu_hour=2.5, utilisation=0.6)
+    assert costs.gpu_hours_per_month(360.0, inputs) == pytest.approx(1_000_000 * 360 / 3.6e6 / 0.6)
     report = {"arms": [{"name": "baseline", "strategy": "baseline", "total_ms_p50": 360.0},
                        {"name": "p", "strategy": "transprune", "total_ms_p50": 180.0}]}
-    rows = data.cost_rows(report, inputs)
+    rows = costs.cost_rows(report, inputs)
     assert rows[0]["cost"] == pytest.approx(100 / 0.6 * 2.5)
     assert rows[1]["money_saved"] == pytest.approx(50 / 0.6 * 2.5)
     assert rows[1]["saved_share"] == pytest.approx(0.5)
@@ -451,14 +453,14 @@ def test_cost_formula():
 
 def test_csv_export(store):
     report = store["report"]
-    inputs = data.CostInputs(2_000_000, 3.0, 0.5)
+    inputs = costs.CostInputs(2_000_000, 3.0, 0.5)
     rows = list(csv.DictReader(io.StringIO(export.build_csv(report, inputs, 0.02))))
     assert [r["arm"] for r in rows] == ARMS
     pruned = rows[1]
     vs = report["arms"][1]["vs_baseline"]
     assert float(pruned["compute_saved"]) == pytest.approx(1 - vs["paper_tflops_ratio"])
     assert float(pruned["f1_delta_ci_low"]) == pytest.approx(vs["f1_delta_ci"][0])
-    assert pruned["verdict"] == data.verdict(report["arms"][1], 0.02).label
+    assert pruned["verdict"] == verdicts.verdict(report["arms"][1], 0.02).label
     assert float(rows[0]["gpu_hours_per_month"]) == pytest.approx(
         2_000_000 * report["arms"][0]["total_ms_p50"] / 3.6e6 / 0.5)
     assert rows[0]["verdict"] == "baseline" and rows[0]["images_per_month"] == "2000000"
@@ -466,15 +468,15 @@ def test_csv_export(store):
 
 def test_html_export_is_self_contained(store):
     report = store["report"]
-    inputs = data.CostInputs(1_000_000, 2.5, 0.6, "€")
+    inputs = costs.CostInputs(1_000_000, 2.5, 0.6, "€")
     page = export.build_html(report, inputs, 0.01)
     assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
     assert "TransPrune pilot" in page and report["name"] in page
     for arm in report["arms"][1:]:
-        assert data.verdict(arm, 0.01).label in page
-        assert data.pct(1 - arm["vs_baseline"]["paper_tflops_ratio"]) in page
-    base_cost = data.gpu_hours_per_month(report["arms"][0]["total_ms_p50"], inputs) * 2.5
-    assert data.money(base_cost, "€") in page
+        assert verdicts.verdict(arm, 0.01).label in page
+        assert fmt.pct(1 - arm["vs_baseline"]["paper_tflops_ratio"]) in page
+    base_cost = costs.gpu_hours_per_month(report["arms"][0]["total_ms_p50"], inputs) * 2.5
+    assert fmt.money(base_cost, "€") in page
     assert "1,000,000 images per month · €2.50 per GPU-hour · 60% utilisation" in page
     assert page.count("data:image/png;base64,") == 3  # two trade-offs and per-class F1
     assert "http://" not in page and "https://" not in page and "<script" not in page
@@ -540,13 +542,13 @@ def test_samples_of_a_store_written_before_image_grids(store, tmp_path):
     from pilot.store import alembic_config, current_revision
 
     url = copy_db(store["path"], tmp_path / "pilot.db")
-    engine = data.connect(url)
+    engine = connect(url)
     samples = data.load_samples(engine, store["report"]["run_id"])
     assert all(grids == [[14, 14]] for grids in samples["image_grids"])  # the test model's 14 x 14 LLaVA grid
     engine.dispose()
     command.downgrade(alembic_config(url), "0001")
     assert current_revision(url) == "0001"
-    engine = data.connect(url)
+    engine = connect(url)
     old = data.load_samples(engine, store["report"]["run_id"])
     engine.dispose()
     assert list(old.columns) == list(samples.columns) and len(old) == len(samples)

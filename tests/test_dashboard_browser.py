@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from dashboard import data
+from dashboard import formatting as fmt
 from dashboard.launch import streamlit_command
 from tests.test_dashboard import build_store
 from tests.test_dashboard_open_ended import SAMPLES, WORST_FIRST, build_open_ended_store
@@ -190,7 +190,7 @@ def test_dashboard_renders_in_headless_chromium(tmp_path_factory, tmp_path):
     store = build_store(tmp_path_factory)
     report = store["report"]
     arm = next(a for a in report["arms"] if a["strategy"] != "baseline")
-    kpi = data.pct(1 - arm["vs_baseline"]["paper_tflops_ratio"])  # "Compute saved" of the first pruned arm
+    kpi = fmt.pct(1 - arm["vs_baseline"]["paper_tflops_ratio"])  # "Compute saved" of the first pruned arm
 
     with dashboard_page(store["url"], tmp_path) as browser:
         rendered = browser.wait_for(_page_has([report["name"], "Compute saved", kpi]), timeout=60)

@@ -19,7 +19,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from dashboard import data
+from dashboard import costs, data, verdicts
+from dashboard import formatting as fmt
+from dashboard.store import connect
+from dashboard.studies import load_trials, trial_points
+from pilot.metrics import metric_key
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "dashboard" / "app.py")
@@ -130,7 +134,7 @@ def baseline_arm(report: dict) -> dict:
 def test_worst_hit_answers_rank_the_biggest_losses_first(open_store):
     from pilot.scoring import anls, score_vs_baseline, token_f1
 
-    engine = data.connect(open_store["url"])
+    engine = connect(open_store["url"])
     samples = data.load_samples(engine, 1)
     engine.dispose()
     rows = data.worst_hit_answers(samples, PRUNED, "anls")
@@ -204,27 +208,27 @@ def test_word_diff_marks_changed_words_and_escapes_the_answers():
 
 def test_metric_choices_follow_what_the_run_has(open_store):
     report = open_store["report"]
-    assert data.run_metrics(report) == ["anls", "exact_match", "token_f1", "relaxed_accuracy", "field_f1",
+    assert verdicts.run_metrics(report) == ["anls", "exact_match", "token_f1", "relaxed_accuracy", "field_f1",
                                         "anls_vs_baseline", "token_f1_vs_baseline"]
-    choices = data.metric_choices(data.run_metrics(report), data.resolve_metric("auto", report))
-    assert list(choices)[:4] == list(data.METRIC_CHOICES) and choices["auto"] == "auto (ANLS)"
+    choices = verdicts.metric_choices(verdicts.run_metrics(report), verdicts.resolve_metric("auto", report))
+    assert list(choices)[:4] == list(verdicts.METRIC_CHOICES) and choices["auto"] == "auto (ANLS)"
     assert choices["anls_vs_baseline"] == "ANLS to baseline (no references needed)"
     # a label run: today's choices, exactly
     label_report = {"arms": [{"name": "baseline", "strategy": "baseline", "n_labelled": 8, "anls": None},
                              {"name": "p", "strategy": "p", "n_labelled": 8, "vs_baseline": {"f1_delta": 0.0}}]}
-    assert data.run_metrics(label_report) == [] and data.metric_choices() == data.METRIC_CHOICES
-    assert data.metric_choices([], "f1") == data.METRIC_CHOICES
-    assert data.resolve_metric("auto", label_report) == "f1"
+    assert verdicts.run_metrics(label_report) == [] and verdicts.metric_choices() == verdicts.METRIC_CHOICES
+    assert verdicts.metric_choices([], "f1") == verdicts.METRIC_CHOICES
+    assert verdicts.resolve_metric("auto", label_report) == "f1"
     # without labels: ANLS against references, else the similarity to the baseline's answers, else agreement
-    assert data.resolve_metric("auto", report) == "anls"
+    assert verdicts.resolve_metric("auto", report) == "anls"
     no_refs = {"arms": [{**a, "anls": None, "field_f1": None,
                          "vs_baseline": a["vs_baseline"] and {**a["vs_baseline"], "anls_delta": None,
                                                               "field_f1_delta": None}} for a in report["arms"]]}
-    assert data.resolve_metric("auto", no_refs) == "anls_vs_baseline"
-    assert data.resolve_metric("token_f1", report) == "token_f1"
-    assert data.metric_key("f1_macro") == "f1" and data.metric_key("relaxed_accuracy") == "relaxed_accuracy"
-    assert data.metric_key("anls_vs_baseline") == "anls_vs_baseline" and data.metric_key("acc") == "accuracy"
-    assert data.metric_title("field_f1") == "JSON field F1" and data.metric_title("f1") == "macro-F1"
+    assert verdicts.resolve_metric("auto", no_refs) == "anls_vs_baseline"
+    assert verdicts.resolve_metric("token_f1", report) == "token_f1"
+    assert metric_key("f1_macro") == "f1" and metric_key("relaxed_accuracy") == "relaxed_accuracy"
+    assert metric_key("anls_vs_baseline") == "anls_vs_baseline" and metric_key("acc") == "accuracy"
+    assert verdicts.metric_title("field_f1") == "JSON field F1" and verdicts.metric_title("f1") == "macro-F1"
 
 
 def test_verdicts_on_open_ended_metrics_use_their_intervals():
@@ -232,22 +236,22 @@ def test_verdicts_on_open_ended_metrics_use_their_intervals():
         return {"vs_baseline": {"n_paired": 50, "anls_delta": delta, "anls_delta_ci": [lo, hi], "anls_n": 50,
                                 "anls_delta_sd": 0.05}}
 
-    assert data.verdict(arm(-0.005, -0.008), 0.01, "anls").status == "met_with_confidence"
-    met = data.verdict(arm(-0.005, -0.03), 0.01, "anls")
+    assert verdicts.verdict(arm(-0.005, -0.008), 0.01, "anls").status == "met_with_confidence"
+    met = verdicts.verdict(arm(-0.005, -0.03), 0.01, "anls")
     assert met.status == "met" and met.text.startswith("ANLS drop 0.5 pts")
     assert "get reference answers for about" in met.text and "upper bound of the drop is 3.0 pts" in met.text
-    assert data.verdict(arm(-0.02, -0.04), 0.01, "anls").status == "not_met"
+    assert verdicts.verdict(arm(-0.02, -0.04), 0.01, "anls").status == "not_met"
     # the same arm judged on macro-F1 has no verdict: this run has no labels
-    assert data.verdict(arm(-0.005, -0.008), 0.01, "f1").status == "unknown"
-    missing = data.verdict({"vs_baseline": {"n_paired": 5, "anls_delta": None, "anls_n": 0}}, 0.01, "anls")
+    assert verdicts.verdict(arm(-0.005, -0.008), 0.01, "f1").status == "unknown"
+    missing = verdicts.verdict({"vs_baseline": {"n_paired": 5, "anls_delta": None, "anls_n": 0}}, 0.01, "anls")
     assert missing.status == "unknown" and "No paired samples with reference answers" in missing.text
 
     similar = {"vs_baseline": {"n_paired": 40, "vs_baseline_n": 40, "anls_vs_baseline": 0.995,
                                "anls_vs_baseline_ci": [0.992, 1.0], "anls_vs_baseline_sd": 0.01}}
-    v = data.verdict(similar, 0.01, "anls_vs_baseline")
+    v = verdicts.verdict(similar, 0.01, "anls_vs_baseline")
     assert v.status == "met_with_confidence" and v.text.startswith("ANLS to baseline 0.995, a drop of 0.5 pts")
-    assert data.verdict(similar, 0.005, "anls_vs_baseline").status == "met"  # upper bound 0.8 pts
-    tile = data.arm_tiles({**similar, "name": "p"}, None, "anls_vs_baseline")[3]
+    assert verdicts.verdict(similar, 0.005, "anls_vs_baseline").status == "met"  # upper bound 0.8 pts
+    tile = verdicts.arm_tiles({**similar, "name": "p"}, None, "anls_vs_baseline")[3]
     assert (tile.label, tile.value, tile.delta) == ("ANLS to baseline", "0.995", "CI [0.992, 1.000]")
 
 
@@ -256,21 +260,22 @@ def test_tiles_points_and_recommendation_on_anls(open_store):
     arm = pruned_arm(report)
     vs = arm["vs_baseline"]
     assert vs["anls_delta"] < 0 and vs["anls_delta_ci"][0] < vs["anls_delta_ci"][1]
-    tile = data.arm_tiles(arm, baseline_arm(report), "anls")[3]
-    assert tile.label == "ANLS change" and tile.value == data.pts(vs["anls_delta"])
-    assert tile.delta == f"CI {data.ci_pts(vs['anls_delta_ci'])}"
+    tile = verdicts.arm_tiles(arm, baseline_arm(report), "anls")[3]
+    assert tile.label == "ANLS change" and tile.value == fmt.pts(vs["anls_delta"])
+    assert tile.delta == f"CI {fmt.ci_pts(vs['anls_delta_ci'])}"
     # a label metric keeps the label tiles
-    assert data.arm_tiles(arm, baseline_arm(report), "f1")[3].key == "agreement"
-    points = data.run_points(report, 0.5, "anls")
+    assert verdicts.arm_tiles(arm, baseline_arm(report), "f1")[3].key == "agreement"
+    points = verdicts.run_points(report, 0.5, "anls")
     row = points[points["name"] == PRUNED].iloc[0]
     assert row["change"] == pytest.approx(vs["anls_delta"])
     assert [row["change_lo"], row["change_hi"]] == pytest.approx(vs["anls_delta_ci"])
     assert row["compute_ratio"] == pytest.approx(0.4)
     # the pruned arm loses a lot of ANLS: recommended only under a budget its upper bound meets
     high = -vs["anls_delta_ci"][0]
-    assert data.recommended_arm(report, high + 0.01, "anls") == PRUNED and row["feasible"] == (-vs["anls_delta"] <= 0.5)
-    assert data.recommended_arm(report, high / 2, "anls") is None
-    similarity = data.run_points(report, 0.5, "anls_vs_baseline")
+    assert verdicts.recommended_arm(report, high + 0.01, "anls") == PRUNED
+    assert row["feasible"] == (-vs["anls_delta"] <= 0.5)
+    assert verdicts.recommended_arm(report, high / 2, "anls") is None
+    similarity = verdicts.run_points(report, 0.5, "anls_vs_baseline")
     assert similarity[similarity["name"] == PRUNED].iloc[0]["change"] == pytest.approx(vs["anls_vs_baseline"] - 1)
 
 
@@ -286,16 +291,16 @@ def test_trials_carry_the_drop_of_each_open_ended_metric(tmp_path):
             params={"keep": 0.5}, distributions=distributions, value=ratio,
             user_attrs={"strategy": strategy, "anls_drop": drop, "anls_vs_baseline_drop": drop / 2, "f1_drop": None,
                         "paper_tflops_ratio": ratio, "prefill_ratio": 0.9, "feasible": drop <= 0.05}))
-    trials = data.load_trials(url, "tune-open")
+    trials = load_trials(url, "tune-open")
     assert list(trials["anls_drop"]) == [0.02, 0.1] and trials["f1_drop"].isna().all()
-    assert data.trial_metrics(trials) == ["anls", "anls_vs_baseline"]
-    assert data.trial_metrics(trials, "token_f1") == ["anls", "token_f1", "anls_vs_baseline"]
-    points = data.trial_points(trials, "anls", "transprune:keep=0.5", 0.05)
+    assert verdicts.trial_metrics(trials) == ["anls", "anls_vs_baseline"]
+    assert verdicts.trial_metrics(trials, "token_f1") == ["anls", "token_f1", "anls_vs_baseline"]
+    points = trial_points(trials, "anls", "transprune:keep=0.5", 0.05)
     tried = points[points["kind"] == "trial"]
     assert list(tried["change"]) == pytest.approx([-0.02, -0.1]) and list(tried["feasible"]) == [True, False]
     assert list(tried["recommended"]) == [True, False]
-    assert list(data.trial_points(trials, "anls_vs_baseline")["change"])[1:] == pytest.approx([-0.01, -0.05])
-    assert len(data.trial_points(trials, "f1")) == 1  # no macro-F1 drops: the baseline alone
+    assert list(trial_points(trials, "anls_vs_baseline")["change"])[1:] == pytest.approx([-0.01, -0.05])
+    assert len(trial_points(trials, "f1")) == 1  # no macro-F1 drops: the baseline alone
 
 
 # ---------------------------------------------------------------- the page
@@ -311,14 +316,14 @@ def test_open_ended_run_offers_its_metrics_and_shows_the_worst_hit_answers(open_
     at = app(monkeypatch, open_store["url"]).run()
     assert not at.exception, [e.value for e in at.exception]
     budget_on = at.selectbox(key="metric")
-    assert budget_on.options == [data.metric_choices(data.run_metrics(report), "anls")[k]
-                                 for k in [*data.METRIC_CHOICES, *data.run_metrics(report)]]
+    assert budget_on.options == [verdicts.metric_choices(verdicts.run_metrics(report), "anls")[k]
+                                 for k in [*verdicts.METRIC_CHOICES, *verdicts.run_metrics(report)]]
     # auto is ANLS here: its tile, verdict and caption
     tiles = {m.label: m for m in at.metric}
-    assert tiles["ANLS change"].value == data.pts(vs["anls_delta"])
+    assert tiles["ANLS change"].value == fmt.pts(vs["anls_delta"])
     page = "\n".join(str(e.value) for kind in ("markdown", "caption", "success", "warning", "error", "info")
                      for e in getattr(at, kind))
-    assert data.verdict(pruned_arm(report), 0.01, "anls").text in page
+    assert verdicts.verdict(pruned_arm(report), 0.01, "anls").text in page
     assert "Open-ended answers: ANLS" in page
 
     tab = _tab(at, "Worst-hit answers")
@@ -339,7 +344,7 @@ def test_open_ended_run_offers_its_metrics_and_shows_the_worst_hit_answers(open_
     budget_on.set_value("anls_vs_baseline").run()
     assert not at.exception, [e.value for e in at.exception]
     tiles = {m.label: m for m in at.metric}
-    assert tiles["ANLS to baseline"].value == data.fixed(vs["anls_vs_baseline"])
+    assert tiles["ANLS to baseline"].value == fmt.fixed(vs["anls_vs_baseline"])
     headers = [m.value for m in _tab(at, "Worst-hit answers").markdown if m.value.startswith("**s")]
     assert headers[0].startswith("**s2** · text · ANLS to baseline")
 
@@ -350,7 +355,7 @@ def test_label_run_keeps_its_budget_choices_and_tabs(monkeypatch, tmp_path_facto
     store = build_store(tmp_path_factory)
     at = app(monkeypatch, store["url"]).run()
     assert not at.exception, [e.value for e in at.exception]
-    assert at.selectbox(key="metric").options == list(data.METRIC_CHOICES.values())
+    assert at.selectbox(key="metric").options == list(verdicts.METRIC_CHOICES.values())
     assert [t.label for t in at.tabs] == ["Latency", "Per-class F1", "Disagreements with baseline", "Tokens per layer"]
     assert any(m.label == "Macro-F1 change" for m in at.metric)
 
@@ -419,13 +424,13 @@ def test_exports_follow_the_open_ended_budget(open_store):
     report = open_store["report"]
     arm = pruned_arm(report)
     vs = arm["vs_baseline"]
-    page = export.build_html(report, data.CostInputs(), 0.5, "anls", render_charts=False)
+    page = export.build_html(report, costs.CostInputs(), 0.5, "anls", render_charts=False)
     assert "max ANLS drop 50.0 pts" in page and '<th class="">ANLS change</th>' in page
-    cells = f'<td class="">{data.pts(vs["anls_delta"])}</td><td class="">{data.ci_pts(vs["anls_delta_ci"])}</td>'
+    cells = f'<td class="">{fmt.pts(vs["anls_delta"])}</td><td class="">{fmt.ci_pts(vs["anls_delta_ci"])}</td>'
     assert cells in page and "absolute p50 latency and ANLS" in page
-    assert data.verdict(arm, 0.5, "anls").label in page
-    rows = list(csv.DictReader(io.StringIO(export.build_csv(report, data.CostInputs(), 0.5, "anls"))))
-    assert rows[1]["verdict"] == data.verdict(arm, 0.5, "anls").label
+    assert verdicts.verdict(arm, 0.5, "anls").label in page
+    rows = list(csv.DictReader(io.StringIO(export.build_csv(report, costs.CostInputs(), 0.5, "anls"))))
+    assert rows[1]["verdict"] == verdicts.verdict(arm, 0.5, "anls").label
 
 
 def test_images_embedded_in_a_parquet_dataset_reach_the_overlays(tmp_path):

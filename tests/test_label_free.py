@@ -4,6 +4,7 @@ answer, the agreement budget in metrics, planning, runner, report, `pilot plan`,
 import csv
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -212,39 +213,40 @@ def test_tune_on_agreement_without_labels(checkpoint, unlabelled_manifest, tmp_p
 def test_dashboard_shows_agreement_for_a_run_without_labels(checkpoint, unlabelled_manifest, tmp_path, monkeypatch):
     from streamlit.testing.v1 import AppTest
 
-    from dashboard import data, export
+    from dashboard import costs, export, verdicts
+    from dashboard import formatting as fmt
     from pilot.runner import RunSettings, execute
 
     url = f"sqlite:///{tmp_path / 'p.db'}"
     report = execute(RunSettings(model=str(checkpoint), dataset=str(unlabelled_manifest),
                                  arms=["baseline", "pool:factor=2"], batch_size=4, labels=list(synthetic.LABELS),
                                  max_new_tokens=2), db_url=url, progress=False)
-    assert not data.has_labels(report) and data.resolve_metric("auto", report) == "agreement"
+    assert not verdicts.has_labels(report) and verdicts.resolve_metric("auto", report) == "agreement"
     arm = report["arms"][1]
-    assert data.verdict(arm, 0.02, "agreement").text.endswith("of answers changed.") or "answers" in \
-        data.verdict(arm, 0.02, "agreement").text
-    assert "No labelled samples" in data.verdict(arm, 0.02, "f1").text
-    points = data.run_points(report, 0.02, "agreement")
+    assert verdicts.verdict(arm, 0.02, "agreement").text.endswith("of answers changed.") or "answers" in \
+        verdicts.verdict(arm, 0.02, "agreement").text
+    assert "No labelled samples" in verdicts.verdict(arm, 0.02, "f1").text
+    points = verdicts.run_points(report, 0.02, "agreement")
     assert points.iloc[1]["change"] == pytest.approx(arm["vs_baseline"]["agreement"] - 1)
-    export.build_html(report, data.CostInputs(), 0.02, "agreement", render_charts=False)
+    export.build_html(report, costs.CostInputs(), 0.02, "agreement", render_charts=False)
     monkeypatch.setenv("PILOT_DB", url)
-    at = AppTest.from_file(str(data.Path(__file__).resolve().parents[1] / "dashboard" / "app.py"),
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py"),
                            default_timeout=60).run()
     assert not at.exception, [e.value for e in at.exception]
     tiles = {m.label: m for m in at.metric}
-    assert tiles["Answers unchanged"].value == data.pct(arm["vs_baseline"]["agreement"])
+    assert tiles["Answers unchanged"].value == fmt.pct(arm["vs_baseline"]["agreement"])
     assert any("No labels in this run" in c.value for c in at.caption)
 
 
 def test_dashboard_lands_on_a_newer_verified_recommendation():
-    from dashboard import data
+    from dashboard.store import default_study
 
     runs = [{"run_id": 1, "status": "completed", "arms": ["baseline", "transprune"]},
             {"run_id": 2, "status": "completed", "arms": ["baseline"], "split": "tune"},
             {"run_id": 3, "status": "completed", "arms": ["baseline", "transprune:prune_after=5,keep=0.5"],
              "split": "heldout"}]
     study = {"name": "tune-x", "recommended_strategy": "transprune:prune_after=5,keep=0.5", "verification_run_id": 3}
-    assert data.default_study(runs, [study]) == "tune-x"
-    assert data.default_study(runs, [{**study, "recommended_strategy": None}]) is None
+    assert default_study(runs, [study]) == "tune-x"
+    assert default_study(runs, [{**study, "recommended_strategy": None}]) is None
     later_pilot = [*runs, {"run_id": 4, "status": "completed", "arms": ["baseline", "random"]}]
-    assert data.default_study(later_pilot, [study]) is None  # a newer pilot run is the landing page
+    assert default_study(later_pilot, [study]) is None  # a newer pilot run is the landing page

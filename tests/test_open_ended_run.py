@@ -15,8 +15,8 @@ from sqlalchemy import select
 from pilot.cli import main
 from pilot.data import synthetic
 from pilot.data.hf import open_dataset
+from pilot.generation import TASK_MAX_NEW_TOKENS, prepare_batch, run_arm_batch
 from pilot.pruning.flops import ModelDims
-from pilot.runner import TASK_MAX_NEW_TOKENS, prepare_batch, run_arm_batch
 from pilot.store import models as db
 from pilot.store import open_store
 
@@ -179,8 +179,8 @@ def test_anls_budget_without_references_is_refused_with_the_way_out(tmp_path, ca
 
 def test_answers_with_bytes_that_are_not_utf8_are_recorded_as_such(demo, text_manifest, monkeypatch):
     """A token that ends inside a multi-byte character decodes to U+FFFD: the answer is kept, marked, counted."""
+    from pilot.generation import outcomes_from_rows
     from pilot.metrics import arm_kpis
-    from pilot.runner import outcomes_from_rows
 
     tokenizer = demo.processor.tokenizer
     real = tokenizer.batch_decode

@@ -176,14 +176,14 @@ def test_plan_report_lists_every_pruned_arm():
 
 
 def test_dashboard_verdict_panel_says_how_many_more_images():
-    from dashboard import data
+    from dashboard import verdicts
 
-    pending = data.verdict({"vs_baseline": _comparison(6, 5, 100, ci_high=0.06)}, 0.03)
+    pending = verdicts.verdict({"vs_baseline": _comparison(6, 5, 100, ci_high=0.06)}, 0.03)
     assert pending.status == "met" and pending.plan["samples_needed"] == 625
     assert "label about 525 more images (625 paired samples in all)" in pending.text
-    over = data.verdict({"vs_baseline": _comparison(9, 1, 100)}, 0.03)
+    over = verdicts.verdict({"vs_baseline": _comparison(9, 1, 100)}, 0.03)
     assert over.status == "not_met" and "more samples will not show it met" in over.text
-    assert data.verdict({"vs_baseline": _comparison(2, 1, 100, ci_high=0.02)}, 0.03).plan["more_needed"] == 0
+    assert verdicts.verdict({"vs_baseline": _comparison(2, 1, 100, ci_high=0.02)}, 0.03).plan["more_needed"] == 0
 
 
 def _scored_pair(n, rng, drop=0.01, changed=0.2):

@@ -22,7 +22,7 @@ from sqlalchemy import func, select
 
 from pilot.data.manifest import load_manifest
 from pilot.data.synthetic import CAPTION_QUESTION
-from pilot.runner import prepare_batch, run_arm_batch
+from pilot.generation import prepare_batch, run_arm_batch
 from pilot.serve.server import Runtime, running
 from pilot.serve.settings import ServeSettings
 from pilot.store import models as db

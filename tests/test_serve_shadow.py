@@ -19,7 +19,7 @@ from sqlalchemy import select
 from pilot.cli import main
 from pilot.data.manifest import load_manifest
 from pilot.data.synthetic import CAPTION_QUESTION
-from pilot.runner import generate_batch, prepare_batch, run_arm_batch
+from pilot.generation import generate_batch, prepare_batch, run_arm_batch
 from pilot.serve.batcher import Preempted, preemptible
 from pilot.serve.server import Runtime, resolve_arm, running, serve
 from pilot.serve.settings import ServeSettings

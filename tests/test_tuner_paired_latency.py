@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from pilot.runner import PreparedBatch
+from pilot.generation import PreparedBatch
 from tuner.study import TrialEvaluator, paired_ratio
 
 COST = {"baseline": 1.0, "fast": 0.6, "faster": 0.4}  # seconds of prefill per sample on an idle machine

@@ -34,19 +34,11 @@ import optuna
 import torch
 from sqlalchemy import select, update
 
+from pilot.generation import PreparedBatch, outcomes_from_rows, prepare_batch, run_arm_batch
 from pilot.metrics import SCORE_METRICS, VS_BASELINE_METRICS, budget_verdict, compare, metric_drop
 from pilot.models import LoadedModel, load
 from pilot.plan import plan_comparison, plan_sentence
-from pilot.runner import (
-    PreparedBatch,
-    RunSettings,
-    execute,
-    load_dataset,
-    outcomes_from_rows,
-    prepare_batch,
-    run_arm_batch,
-    select_items,
-)
+from pilot.runner import RunSettings, execute, load_dataset, select_items
 from pilot.store import get_or_create, normalise_url, open_store, schema_lock, with_retries
 from pilot.store import models as db
 from pilot.summaries import outcomes
@@ -84,7 +76,7 @@ class TuneSettings:
     heldout_fraction: float = 0.5
     split_seed: int = 0
     batch_size: int = 8
-    max_new_tokens: int | None = None  # None: each task's default (pilot.runner.TASK_MAX_NEW_TOKENS)
+    max_new_tokens: int | None = None  # None: each task's default (pilot.generation.TASK_MAX_NEW_TOKENS)
     device: str = "cpu"
     dtype: str = "float32"
     chunks: int = 4  # reports per trial (early pruning points)
@@ -148,7 +140,7 @@ class TrialEvaluator:
     the same cached inputs (which goes first alternates from batch to batch), and the trial's prefill ratio is the
     median over those batches of trial / baseline. Load from other processes that comes and goes during a study
     then moves both sides of every ratio alike; a baseline timed once at the start (as before) made trials run
-    under later load look 5-6x slower than baseline. ``run_batch`` (default ``pilot.runner.run_arm_batch``) is
+    under later load look 5-6x slower than baseline. ``run_batch`` (default ``pilot.generation.run_arm_batch``) is
     injectable for tests.
     """
 

@@ -37,6 +37,15 @@ LABELS = ("scratch", "hole", "stain", "none", "yes", "no", "0", "1", "2", "3")
 MATERIALS = ("metal", "wood", "fabric", "concrete", "plastic")
 # Mask values: 0 is background (distractor marks included), then one class per defect type.
 MASK_CLASS = {kind: value for value, kind in enumerate(DEFECT_TYPES, start=1)}
+DEMO_DATASET_SIZE = 600  # the demo's budget needs 300 held-out images (pilot/demo/__init__.py)
+DEMO_DATASET_SEED = 0  # never used in training
+
+
+def demo_manifest_path() -> Path:
+    """Where the demo dataset's manifest is, in the user's cache (``pilot.runner.demo_dataset_path`` writes it
+    there on first use; the dashboard finds the demo's images there without importing the runner)."""
+    folder = f"demo-data-seed{DEMO_DATASET_SEED}-n{DEMO_DATASET_SIZE}"
+    return Path.home() / ".cache" / "transprune-pilot" / folder / "manifest.csv"
 
 _HALF = IMAGE_SIZE // 2
 # Defects keep this many pixels clear of their quadrant's borders, so no defect straddles two quadrants.

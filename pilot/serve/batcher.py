@@ -30,8 +30,8 @@ from transformers import StoppingCriteria
 from transformers.generation.streamers import BaseStreamer
 
 from pilot.data.manifest import UNLABELLED, Item
+from pilot.generation import Generation, generate_batch, result_rows, stop_token_ids
 from pilot.models import LoadedModel
-from pilot.runner import Generation, generate_batch, result_rows, stop_token_ids
 from pilot.serve import logs
 from pilot.serve.chat import ApiError
 from pilot.serve.metrics import ServeMetrics

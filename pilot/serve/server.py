@@ -86,7 +86,7 @@ class Runtime:
 
     def warm_up(self) -> None:
         """One small generation per arm before the first client: kernels and allocators settle."""
-        from pilot.runner import generate_batch
+        from pilot.generation import generate_batch
 
         if self.settings.threads:
             torch.set_num_threads(self.settings.threads)

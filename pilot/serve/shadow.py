@@ -34,8 +34,9 @@ from PIL import Image
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from pilot.generation import generate_batch, machine_info, result_rows
 from pilot.models import LoadedModel
-from pilot.runner import RunSettings, generate_batch, machine_info, result_rows
+from pilot.runner import RunSettings
 from pilot.serve import logs
 from pilot.serve.batcher import Job, Preempted, item_of, model_lock, preemptible, quick_thread_switches
 from pilot.serve.metrics import ServeMetrics
