@@ -18,11 +18,11 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from dashboard.charts import token_grids
+from pilot.generation import sample_grids
 from pilot.models import LoadedModel
 from pilot.pruning import families
 from pilot.pruning.families import FAMILIES, MODEL_TYPES, Family, by_name, for_model
 from pilot.pruning.flops import ModelDims, default_visual_tokens, estimate, full_prefill_flops, load_dims
-from pilot.runner import sample_grids
 from pilot.testing import BUILDERS
 from tests.models import (
     gemma_inputs,
