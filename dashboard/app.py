@@ -20,7 +20,7 @@ import pandas as pd
 import streamlit as st
 from sqlalchemy.exc import SQLAlchemyError
 
-from dashboard import charts, data, export
+from dashboard import charts, data, export, review_page
 
 PAGE_SIZE = 6
 VERDICT_BOX = {"met_with_confidence": st.success, "met": st.warning, "not_met": st.error, "unknown": st.info}
@@ -561,6 +561,7 @@ def run_view(url: str, run_id: int, max_drop: float, inputs: data.CostInputs, ch
     if recommended is None and data.pruned_arms(report):
         st.caption("No arm is marked recommended: none meets the budget with confidence.")
     evidence(url, info, report, key, metric)
+    review_page.results_section(url, run_id)
     export_section(report, inputs, max_drop, recommended, metric)
 
 
@@ -634,6 +635,9 @@ def main() -> None:
     st.set_page_config(page_title=TITLE, layout="wide")
     url = data.resolve_db_url(sys.argv[1:])
     st.title(TITLE)
+    if review_page.requested():  # a reviewer's personal link: the blind review page, nothing else
+        review_page.render(url)
+        return
     try:
         engine = _engine(url)
     except data.StoreUnavailable as error:

@@ -52,7 +52,8 @@ def wilson(p: float, n: float, z: float = Z95) -> tuple[float, float]:
         return 0.0, 1.0
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # at the boundary the bound is the share itself (the formula leaves a rounding error there)
+    return (0.0 if p <= 0 else max(0.0, centre - half)), (1.0 if p >= 1 else min(1.0, centre + half))
 
 
 @dataclass(frozen=True)
