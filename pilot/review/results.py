@@ -56,8 +56,7 @@ def _arm_summary(arm: db.Arm, tasks: list[db.ReviewTask], by_task: dict[int, dic
     units = [{"outcomes": [stats.outcome(c, t.pruned_side) for c in by_task[t.id].values()], "weight": t.weight}
              for t in reviewed]
     shares = stats.outcome_shares(units)
-    choices = [c for t in tasks for c in by_task.get(t.id, {}).values()]
-    bias = stats.position_bias(choices)
+    bias = stats.position_bias([list(by_task.get(t.id, {}).values()) for t in tasks])
     alpha_units = [{names[r]: stats.outcome(c, t.pruned_side) for r, c in by_task[t.id].items()} for t in reviewed]
     changed = sum(p.changed for p in arm_pairs)
     paired = len(arm_pairs)
@@ -75,7 +74,7 @@ def _arm_summary(arm: db.Arm, tasks: list[db.ReviewTask], by_task: dict[int, dic
         result[f"{name}_ci"] = list(share.ci) if share.ci else None
     result.update({
         "alpha": stats.krippendorff_alpha(alpha_units),
-        "position_bias": bias["share_a"], "position_bias_ci": bias["ci"], "position_bias_p": bias["p_value"],
+        "position_bias": bias["share_a"], "position_bias_ci": bias["ci"],
         "worse_of_all": plan["worse_of_all"], "worse_of_all_ci": plan["worse_of_all_ci"],
         "budget": {k: plan[k] for k in ("max_worse", "verdict", "more_tasks", "more_judgements")},
         "checks": len(checks), "check_judgements": len(check_choices),

@@ -118,16 +118,13 @@ def krippendorff_alpha(units: Sequence[Mapping[str, str]]) -> float | None:
     return float(krippendorff.alpha(reliability_data=data, level_of_measurement="nominal"))
 
 
-def position_bias(choices: Sequence[str]) -> dict:
+def position_bias(per_task: Sequence[Sequence[str]]) -> dict:
     """The share of A among the A/B choices (near half when sides are random and reviewers look at the content),
-    its Wilson 95% interval and a two-sided binomial test of one half."""
-    sided = [c for c in choices if c in ("A", "B")]
-    n = len(sided)
-    if n == 0:
-        return {"share_a": None, "ci": None, "n": 0, "p_value": None}
-    a = sum(c == "A" for c in sided)
-    return {"share_a": a / n, "ci": list(wilson(a / n, n)), "n": n,
-            "p_value": float(stats.binomtest(a, n, 0.5).pvalue)}
+    with its 95% interval clustered by task like the outcome shares (``per_task``: each task's choices)."""
+    rows = [(sum(c == "A" for c in sided) / len(sided), len(sided), 1.0)
+            for sided in ([c for c in choices if c in ("A", "B")] for choices in per_task) if sided]
+    share = clustered_share(rows)
+    return {"share_a": share.share, "ci": list(share.ci) if share.ci else None, "n": sum(r[1] for r in rows)}
 
 
 def reviewer_flags(choices: Sequence[str], check_choices: Sequence[str]) -> list[str]:
