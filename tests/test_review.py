@@ -292,3 +292,47 @@ def test_review_on_postgresql(fresh_db_url, tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert summary["judgements"] == len(rows) == summary["judgements_in_history"]
     assert summary["arms"][0]["pruned_worse"] == pytest.approx(0.5)
+
+
+def _app(monkeypatch, url: str):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("PILOT_DB", url)
+    return AppTest.from_file(str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py"), default_timeout=60)
+
+
+def test_dashboard_review_page_writes_only_with_a_valid_token(store, tmp_path, monkeypatch):
+    url = store["url"]
+    with _session(url) as session:
+        create_tasks(session, session.get(Run, store["run_id"]), overlap=1, checks=0)
+        token = invite(session, "ana")
+        session.commit()
+
+    def judgements() -> int:
+        with _session(url) as session:
+            return session.scalar(select(func.count()).select_from(db.ReviewJudgement))
+
+    at = _app(monkeypatch, url)
+    at.query_params["review"] = "forged"
+    at.run()
+    assert not at.exception and "this review link is not valid" in at.error[0].value and not at.button
+    at = _app(monkeypatch, url)
+    at.query_params["review"] = token
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    labels = [b.label for b in at.button]
+    assert labels == ["A is better [1]", "B is better [2]", "Equally good [3]", "Both wrong [4]"]
+    page = " ".join(str(m.value) for m in at.markdown)
+    assert "Answer A" in page and "Answer B" in page and "baseline" not in page.lower()
+    at.text_input[0].input("clearer").run()
+    at.button[1].click().run()
+    assert not at.exception and judgements() == 1
+    assert "you judged 1; 11 open to you" in " ".join(str(c.value) for c in at.caption)
+    with _session(url) as session:
+        judgement = session.scalars(select(db.ReviewJudgement)).one()
+        assert judgement.choice == "B" and judgement.comment == "clearer" and judgement.source == "dashboard"
+    # the run view (no link) reads only and shows the results
+    at = _app(monkeypatch, url)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("Blind human review" in str(m.value) for m in at.markdown) and judgements() == 1
