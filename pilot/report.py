@@ -523,6 +523,8 @@ def format_review(review: dict | None) -> list[str]:
              _share_ci(a["position_bias"], a["position_bias_ci"])] for a in arms]
     lines += _table(["arm", "reviewed", "judgements", "pruned worse", "equal", "pruned better", "both wrong",
                      "worse of all", "alpha", "A chosen"], rows, [False] + [True] * 9)
+    lines.append("  alpha: Krippendorff's alpha between reviewers (1 = full agreement, 0 = chance); A chosen: share "
+                 "of A among A/B choices (sides are random: near 0.5 unless the position sways reviewers)")
     budget = review.get("max_worse")
     for arm in arms:
         plan = arm.get("budget") or {}

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from sqlalchemy import inspect, select
+from sqlalchemy import func, inspect, select
 from sqlalchemy.orm import Session
 
 from pilot.review import stats
@@ -34,8 +34,8 @@ def review_summary(session: Session, run: db.Run, max_worse: float = DEFAULT_MAX
     by_task: dict[int, dict[int, str]] = defaultdict(dict)  # task -> reviewer -> choice that stands
     for (task_id, reviewer_id), judgement in latest.items():
         by_task[task_id][reviewer_id] = judgement.choice
-    history = sum(1 for _ in session.scalars(select(db.ReviewJudgement.id).join(db.ReviewTask)
-                                             .where(db.ReviewTask.run_id == run.id)))
+    history = session.scalar(select(func.count()).select_from(db.ReviewJudgement).join(db.ReviewTask)
+                             .where(db.ReviewTask.run_id == run.id))
     all_pairs = pairs(session, run)
     arms = []
     for arm in run.arms:
