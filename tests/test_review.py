@@ -106,11 +106,17 @@ def test_precision_sample_size_and_stratified_weights(tmp_path):
         sample_size(0.7, 10)
     store = build_review_store(tmp_path, changed=40, equal=2)
     with _session(store["url"]) as session:
+        for result in session.scalars(select(SampleResult)):  # two slices: 30 text rows, 12 json rows
+            result.task = "json" if int(result.sample_id[1:]) % 4 == 0 else "text"
+        session.commit()
         run = session.get(Run, store["run_id"])
         created = create_tasks(session, run, precision=0.2, checks=0)
         tasks = session.scalars(select(db.ReviewTask)).all()
-    assert created[PRUNED]["tasks"] == sample_size(0.2, 40) == 16 and len(tasks) == 16
-    assert sum(t.weight for t in tasks) == pytest.approx(40)  # weighted back to the stratum's size
+    assert created[PRUNED]["strata"] == 2 and created[PRUNED]["tasks"] == sample_size(0.2, 40) == 16 == len(tasks)
+    by_stratum = {name: [t for t in tasks if t.stratum == name] for name in ("text", "json")}
+    assert [len(by_stratum["text"]), len(by_stratum["json"])] == [12, 4]  # 16 in proportion to 30 and 10
+    for name, size in (("text", 30), ("json", 10)):  # each weighted back to its slice's size
+        assert sum(t.weight for t in by_stratum[name]) == pytest.approx(size)
 
 
 def test_tokens_are_hashed_revocable_and_replaced_by_a_new_invitation(store):

@@ -142,3 +142,16 @@ def test_outcome_of_each_choice():
         ["pruned_better", "pruned_worse", "equal", "both_wrong"]
     with pytest.raises(ValueError, match="'C' is not one of"):
         stats.outcome("C", "A")
+
+
+def test_stratum_weights_recover_the_whole_arm():
+    """A sample of 50 tasks from each of two slices (900 pairs at 10% worse, 100 at 90%): weighted back, the share
+    of the whole arm (18%) is in the interval about 95% of the time; unweighted it would be about 50%."""
+    rng = np.random.default_rng(21)
+    hits = 0
+    for _ in range(400):
+        big = rng.random(50) < 0.1
+        small = rng.random(50) < 0.9
+        share = stats.clustered_share([(float(w), 2, 900 / 50) for w in big] + [(float(w), 2, 100 / 50) for w in small])
+        hits += share.ci[0] <= 0.18 <= share.ci[1]
+    assert hits / 400 >= 0.92
