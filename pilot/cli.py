@@ -225,7 +225,7 @@ def _review_create(args: argparse.Namespace) -> int:
         return 0
     for arm, counts in created.items():
         print(f"{arm}: {counts['changed']} of {counts['pairs']} answers changed "
-              f"({counts['strata']} strata by task and label); "
+              f"({counts['strata']} slice{'s' if counts['strata'] != 1 else ''} by task and label); "
               f"{counts['tasks']} review tasks and {counts['checks']} check pairs added, each for {args.overlap} "
               "reviewer(s)")
     return 0

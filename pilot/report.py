@@ -514,8 +514,7 @@ def format_review(review: dict | None) -> list[str]:
         return []
     arms = review["arms"]
     names = arm_labels([a["arm"] for a in arms])
-    lines = ["Blind review of changed answers (shares of reviewed changed pairs, 95% CI clustered by item; "
-             "worse of all = changed x worse)"]
+    lines = ["Blind review of changed answers (shares among the reviewed changed pairs; 95% CI clustered by item)"]
     rows = [[names[a["arm"]], f"{a['reviewed']}/{a['tasks']}", _int(a["n_judgements"]),
              _share_ci(a["pruned_worse"], a["pruned_worse_ci"]), _share_ci(a["equal"], a["equal_ci"]),
              _share_ci(a["pruned_better"], a["pruned_better_ci"]), _share_ci(a["both_wrong"], a["both_wrong_ci"]),
@@ -523,8 +522,10 @@ def format_review(review: dict | None) -> list[str]:
              _share_ci(a["position_bias"], a["position_bias_ci"])] for a in arms]
     lines += _table(["arm", "reviewed", "judgements", "pruned worse", "equal", "pruned better", "both wrong",
                      "worse of all", "alpha", "A chosen"], rows, [False] + [True] * 9)
-    lines.append("  alpha: Krippendorff's alpha between reviewers (1 = full agreement, 0 = chance); A chosen: share "
-                 "of A among A/B choices (sides are random: near 0.5 unless the position sways reviewers)")
+    lines += textwrap.wrap("worse of all: share of all answers that get worse (changed x worse among them); alpha: "
+                           "Krippendorff's alpha between reviewers (1 = full agreement, 0 = chance); A chosen: share "
+                           "of A among A/B choices (sides are random: near 0.5 unless the position sways reviewers)",
+                           WIDTH, initial_indent="  ", subsequent_indent="    ")
     budget = review.get("max_worse")
     for arm in arms:
         plan = arm.get("budget") or {}
@@ -532,8 +533,10 @@ def format_review(review: dict | None) -> list[str]:
             more_tasks=_int(plan.get("more_tasks")), more_judgements=_int(plan.get("more_judgements")))
         checks = (f"; check pairs: A or B chosen {arm['check_slips']} of {arm['check_judgements']} times"
                   if arm.get("check_judgements") else "")
-        lines.append(f"  {names[arm['arm']]}: at most {budget * 100:.1f}% of answers worse: {note}{checks}")
+        lines += textwrap.wrap(f"{names[arm['arm']]}: at most {budget * 100:.1f}% of answers worse: {note}{checks}",
+                               WIDTH, initial_indent="  ", subsequent_indent="    ")
     flagged = [r for r in review.get("reviewers") or [] if r.get("flags")]
     for reviewer in flagged:
-        lines.append(f"  reviewer {reviewer['reviewer']} looks random: {'; '.join(reviewer['flags'])}")
+        lines += textwrap.wrap(f"reviewer {reviewer['reviewer']} looks random: {'; '.join(reviewer['flags'])}", WIDTH,
+                               initial_indent="  ", subsequent_indent="    ")
     return lines

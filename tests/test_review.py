@@ -276,6 +276,8 @@ def test_report_shows_the_review_table(store, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "Blind review of changed answers" in text and "pruned worse" in text and "0.500 [" in text
     assert "at most 1.0% of answers worse: not met with confidence" in text
+    section = text[text.index("Blind review"):].split("\n\n")
+    assert max(len(line) for part in section[:2] for line in part.splitlines()) <= 120  # the report's width
     assert main(["review", "results", str(store["run_id"]), "--db", url, "--max-worse", "0.9"]) == 0
     assert "at most 90.0% of answers worse: met with confidence" in capsys.readouterr().out
 
