@@ -155,3 +155,20 @@ def test_stratum_weights_recover_the_whole_arm():
         share = stats.clustered_share([(float(w), 2, 900 / 50) for w in big] + [(float(w), 2, 100 / 50) for w in small])
         hits += share.ci[0] <= 0.18 <= share.ci[1]
     assert hits / 400 >= 0.92
+
+
+def test_a_reviewer_who_agrees_by_chance_is_flagged():
+    """Three careful reviewers see what the pair shows (with a slip now and then); a fourth picks at random."""
+    rng = np.random.default_rng(8)
+    flagged = {"careful": 0, "random": 0}
+    for trial in range(20):
+        truth = rng.choice(stats.OUTCOMES, 30, p=[0.4, 0.4, 0.1, 0.1])
+        careful = [[t if rng.random() < 0.85 else rng.choice(stats.OUTCOMES) for t in truth] for _ in range(3)]
+        noise = list(rng.choice(stats.OUTCOMES, 30))
+        others = [[c[i] for c in careful] for i in range(30)]
+        flagged["random"] += stats.agrees_by_chance(noise, others, seed=trial) is not None
+        mates = [[careful[1][i], careful[2][i], noise[i]] for i in range(30)]
+        flagged["careful"] += stats.agrees_by_chance(careful[0], mates, seed=trial) is not None
+    assert flagged["random"] >= 7 and flagged["careful"] == 0  # about half of the random ones; no careful one
+    assert stats.agrees_by_chance(["equal"] * 30, [["equal", "equal"]] * 30) is None  # nothing to tell apart
+    assert stats.agrees_by_chance(["equal"] * 9, [["equal", "pruned_worse"]] * 9) is None  # too few tasks

@@ -85,6 +85,7 @@ def _arm_summary(arm: db.Arm, tasks: list[db.ReviewTask], by_task: dict[int, dic
 
 def _reviewers(tasks: list[db.ReviewTask], by_task: dict[int, dict[int, str]], names: dict[int, str]) -> list[dict]:
     kinds = {t.id: t.kind for t in tasks}
+    sides = {t.id: t.pruned_side for t in tasks}
     choices: dict[int, list[str]] = defaultdict(list)
     checks: dict[int, list[str]] = defaultdict(list)
     for task_id, judged in by_task.items():
@@ -94,8 +95,14 @@ def _reviewers(tasks: list[db.ReviewTask], by_task: dict[int, dict[int, str]], n
     for reviewer_id in sorted(set(choices) | set(checks), key=lambda r: names[r]):
         mine, mine_checks = choices[reviewer_id], checks[reviewer_id]
         sided = [c for c in mine if c in ("A", "B")]
+        shared = [(task_id, judged) for task_id, judged in sorted(by_task.items()) if reviewer_id in judged]
+        chance = stats.agrees_by_chance(
+            [stats.outcome(judged[reviewer_id], sides[task_id]) for task_id, judged in shared],
+            [[stats.outcome(c, sides[task_id]) for r, c in judged.items() if r != reviewer_id]
+             for task_id, judged in shared], seed=reviewer_id)
+        flags = stats.reviewer_flags(mine, mine_checks) + ([chance] if chance else [])
         result.append({"reviewer": names[reviewer_id], "judgements": len(mine) + len(mine_checks),
                        "share_a": sum(c == "A" for c in sided) / len(sided) if sided else None,
                        "checks": len(mine_checks), "check_slips": sum(c in ("A", "B") for c in mine_checks),
-                       "flags": stats.reviewer_flags(mine, mine_checks)})
+                       "flags": flags})
     return result

@@ -144,6 +144,42 @@ def reviewer_flags(choices: Sequence[str], check_choices: Sequence[str]) -> list
     return flags
 
 
+MIN_SHARED = 10  # tasks shared with at least two other reviewers before agreement is screened
+PERMUTATIONS = 999
+
+
+def agrees_by_chance(mine: Sequence[str], others: Sequence[Sequence[str]], seed: int = 0) -> str | None:
+    """Whether a reviewer agrees with the others no more than chance: a flag's text, else None.
+
+    ``mine``: their outcome per shared task; ``others``: the other reviewers' outcomes of the same tasks (at least
+    two per task: with one other, who of the two is random cannot be told). Agreement is the mean share of the
+    others' outcomes equal to theirs; chance is the same after shuffling their outcomes over the tasks (a
+    permutation test that keeps how often they chose each outcome). Flagged when at least ``MIN_SHARED`` tasks are
+    shared and the observed agreement is not above the permutations' median (p >= 0.5)."""
+    rows = [(m, list(o)) for m, o in zip(mine, others, strict=True) if len(o) >= 2]
+    if len(rows) < MIN_SHARED:
+        return None
+    values = np.array([m for m, _ in rows])
+    kinds = sorted(OUTCOMES)
+    # per task, the share of the others choosing each outcome: agreement of an outcome vector is a lookup
+    table = np.array([[o.count(k) / len(o) for k in kinds] for _, o in rows])
+    index = np.array([kinds.index(v) for v in values])
+
+    def agreement(codes: np.ndarray) -> float:
+        return float(table[np.arange(len(codes)), codes].mean())
+
+    observed = agreement(index)
+    rng = np.random.default_rng(seed)
+    shuffled = np.array([agreement(rng.permutation(index)) for _ in range(PERMUTATIONS)])
+    if shuffled.std() == 0:
+        return None  # nothing to tell apart (every task alike for the others, or one outcome throughout)
+    p_value = (1 + int(np.sum(shuffled >= observed - 1e-12))) / (PERMUTATIONS + 1)
+    if p_value < 0.5:
+        return None
+    return (f"agrees with the other reviewers no more than chance on {len(rows)} shared tasks "
+            f"({observed:.0%} vs {float(shuffled.mean()):.0%} shuffled)")
+
+
 def worse_of_all(changed: int, paired: int, worse: Share) -> dict:
     """The estimated share of all requests whose answer gets worse: (changed / paired) x (worse among changed),
     with a 95% interval from the product of each factor's 97.5% Wilson bounds (Bonferroni)."""
