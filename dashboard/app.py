@@ -20,7 +20,7 @@ import pandas as pd
 import streamlit as st
 from sqlalchemy.exc import SQLAlchemyError
 
-from dashboard import charts, costs, data, export, store, verdicts
+from dashboard import charts, costs, data, export, review_page, store, verdicts
 from dashboard import formatting as fmt
 from dashboard.studies import OPEN_DROPS, list_studies, load_trials, trial_points
 from pilot.metrics import SCORE_METRICS, VS_BASELINE_METRICS, metric_key
@@ -566,6 +566,7 @@ def run_view(url: str, run_id: int, max_drop: float, inputs: costs.CostInputs, c
     if recommended is None and verdicts.pruned_arms(report):
         st.caption("No arm is marked recommended: none meets the budget with confidence.")
     evidence(url, info, report, key, metric)
+    review_page.results_section(url, run_id)
     export_section(report, inputs, max_drop, recommended, metric)
 
 
@@ -639,6 +640,9 @@ def main() -> None:
     st.set_page_config(page_title=TITLE, layout="wide")
     url = store.resolve_db_url(sys.argv[1:])
     st.title(TITLE)
+    if review_page.requested():  # a reviewer's personal link: the blind review page, nothing else
+        review_page.render(url)
+        return
     try:
         engine = _engine(url)
     except store.StoreUnavailable as error:

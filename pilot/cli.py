@@ -201,6 +201,158 @@ def _serve(args: argparse.Namespace) -> int:
     return serve(settings)
 
 
+# ---------------------------------------------------------------- pilot review (blind human review)
+
+
+def _review_store(args: argparse.Namespace):
+    from pilot.store import open_store
+
+    return open_store(args.db)
+
+
+def _review_create(args: argparse.Namespace) -> int:
+    from pilot.review.tasks import create_tasks
+    from pilot.summaries import find_run
+
+    sessions = _review_store(args)
+    with sessions() as session:
+        run = find_run(session, args.run)
+        created = create_tasks(session, run, overlap=args.overlap, precision=args.precision, checks=args.checks,
+                               arms=args.arm, seed=args.seed)
+        session.commit()
+    if args.json:
+        print(json.dumps(created))
+        return 0
+    for arm, counts in created.items():
+        print(f"{arm}: {counts['changed']} of {counts['pairs']} answers changed "
+              f"({counts['strata']} slice{'s' if counts['strata'] != 1 else ''} by task and label); "
+              f"{counts['tasks']} review tasks and {counts['checks']} check pairs added, each for {args.overlap} "
+              "reviewer(s)")
+    return 0
+
+
+def _review_invite(args: argparse.Namespace) -> int:
+    from urllib.parse import urlencode
+
+    from pilot.review.tasks import invite
+    from pilot.summaries import find_run
+
+    sessions = _review_store(args)
+    with sessions() as session:
+        query = {"review": invite(session, args.name)}
+        if args.run:
+            query["run"] = str(find_run(session, args.run).id)
+        session.commit()
+    print(f"{args.base_url.rstrip('/')}/?{urlencode(query)}")
+    print(f"personal link of {args.name.strip()} (shown once; `pilot review revoke {args.name.strip()}` ends it)",
+          file=sys.stderr)
+    return 0
+
+
+def _review_revoke(args: argparse.Namespace) -> int:
+    from pilot.review.tasks import revoke
+
+    sessions = _review_store(args)
+    with sessions() as session:
+        revoke(session, args.name)
+        session.commit()
+    print(f"{args.name}: link revoked (their judgements so far are kept)")
+    return 0
+
+
+def _review_export(args: argparse.Namespace) -> int:
+    from pilot.review.exchange import export_label_studio
+    from pilot.review.tasks import dataset_items
+    from pilot.summaries import find_run
+
+    sessions = _review_store(args)
+    with sessions() as session:
+        run = find_run(session, args.run)
+        images = {sample_id: item.image for sample_id, item in dataset_items(run).items()}
+        written = export_label_studio(session, run, Path(args.output), images)
+    print(f"{written['count']} Label Studio tasks in {written['tasks']}; labelling config in {written['config']}")
+    return 0
+
+
+def _review_import(args: argparse.Namespace) -> int:
+    from pilot.review.exchange import import_judgements
+    from pilot.summaries import find_run
+
+    sessions = _review_store(args)
+    with sessions() as session:
+        run = find_run(session, args.run)
+        result = import_judgements(session, run, Path(args.file))
+        session.commit()
+    for note in result.notes:
+        print(note, file=sys.stderr)
+    for error in result.errors:
+        print(f"pilot review import: error: {error}", file=sys.stderr)
+    print(f"{args.file}: {result.added + result.replaced} judgements added ({result.replaced} replace an earlier "
+          f"one of the same reviewer), {result.duplicates} already stored, {len(result.errors)} rejected")
+    return 2 if result.errors else 0
+
+
+def _review_results(args: argparse.Namespace) -> int:
+    from pilot.report import format_review
+    from pilot.review import review_summary
+    from pilot.summaries import find_run
+
+    sessions = _review_store(args)
+    with sessions() as session:
+        summary = review_summary(session, find_run(session, args.run), args.max_worse)
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    print("\n".join(format_review(summary)) if summary else f"run {args.run}: no review tasks")
+    return 0
+
+
+def _review_parser(commands) -> None:
+    review = commands.add_parser("review", help="blind side-by-side human review of changed answers")
+    sub = review.add_subparsers(dest="review_command", required=True)
+    create = sub.add_parser("create", help="blind review tasks from the run's changed (baseline, pruned) pairs")
+    create.add_argument("run", help="run id or name")
+    create.add_argument("--overlap", type=int, default=2, help="reviewers per task (default 2)")
+    create.add_argument("--precision", type=float,
+                        help="sample per pruned arm, stratified by task and label, for a 95%% interval of this "
+                             "half-width on a share (0.05: 385 pairs, fewer for a small run); default: all")
+    create.add_argument("--checks", type=float, default=0.1,
+                        help="pairs with equal answers mixed in, as a share of the changed ones (default 0.1)")
+    create.add_argument("--arm", action="append", help="only this pruned arm (repeat; default: all)")
+    create.add_argument("--seed", type=int, default=0, help="seed of the sample and of the sides")
+    create.add_argument("--db")
+    create.add_argument("--json", action="store_true")
+    create.set_defaults(func=_review_create)
+    invite_parser = sub.add_parser("invite", help="a personal review link for a named reviewer")
+    invite_parser.add_argument("name")
+    invite_parser.add_argument("--run", help="the run the link opens (default: the latest run with review tasks)")
+    invite_parser.add_argument("--base-url", default="http://127.0.0.1:8501", help="the dashboard's address")
+    invite_parser.add_argument("--db")
+    invite_parser.set_defaults(func=_review_invite)
+    revoke_parser = sub.add_parser("revoke", help="end a reviewer's link")
+    revoke_parser.add_argument("name")
+    revoke_parser.add_argument("--db")
+    revoke_parser.set_defaults(func=_review_revoke)
+    export = sub.add_parser("export", help="the review tasks for another tool (Label Studio)")
+    export.add_argument("run", help="run id or name")
+    export.add_argument("--format", choices=["label-studio"], default="label-studio")
+    export.add_argument("-o", "--output", required=True, help="tasks JSON file (the config goes beside it, .xml)")
+    export.add_argument("--db")
+    export.set_defaults(func=_review_export)
+    import_parser = sub.add_parser("import", help="judgements from Label Studio's JSON export or JSON Lines")
+    import_parser.add_argument("run", help="run id or name")
+    import_parser.add_argument("file", help="Label Studio JSON export, or JSON Lines: task, reviewer, choice")
+    import_parser.add_argument("--db")
+    import_parser.set_defaults(func=_review_import)
+    results = sub.add_parser("results", help="the review's results and a budget's verdict")
+    results.add_argument("run", help="run id or name")
+    results.add_argument("--max-worse", type=float, default=0.01,
+                         help="budget: largest share of all answers that may get worse (default 0.01)")
+    results.add_argument("--db")
+    results.add_argument("--json", action="store_true")
+    results.set_defaults(func=_review_results)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pilot", description="Pilot TransPrune on your own LLaVA workload.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -365,6 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--limit", type=int, help="first N demo images only")
     demo.add_argument("--trials", type=int, help="tuner trials (default: the demo's 16)")
     demo.set_defaults(func=_demo)
+    _review_parser(commands)
     return parser
 
 

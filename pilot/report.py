@@ -441,6 +441,9 @@ def format_report(report: dict, max_drop: float | None = 0.01, metric: str = "f1
     matched = _matched_groups(report)
     if matched:
         lines += ["", *matched]
+    review = format_review(report.get("review"))
+    if review:
+        lines += ["", *review]
     legend = _legend(arms)
     if legend:
         lines += ["", *legend]
@@ -491,3 +494,46 @@ def format_side_by_side(label_report: dict, text_report: dict) -> str:
     lines = ["Both tasks side by side (Δ = pruned - baseline on the same images; paper TFLOPs ratio of the label "
              "run)", *_table(headers, rows, [False] + [True] * 5)]
     return "\n".join(lines) + "\n"
+
+
+_REVIEW_VERDICTS = {"met": "met with confidence", "not_met": "not met with confidence",
+                    "open": "open: review {more_tasks} more changed pairs ({more_judgements} judgements)",
+                    "will_not_help": "worse share >= budget: more reviews will not help",
+                    "needs_more_requests": "open: even every changed pair of this run would not decide it; run more "
+                                           "requests",
+                    "no_reviews": "no judgements yet"}
+
+
+def format_review(review: dict | None) -> list[str]:
+    """The blind human review of a run (``report["review"]``, pilot.review): per pruned arm the shares of its
+    reviewed changed pairs, the share of all answers that get worse, agreement, position bias and the budget."""
+    if not review or not review.get("arms"):
+        return []
+    arms = review["arms"]
+    names = arm_labels([a["arm"] for a in arms])
+    lines = ["Blind review of changed answers (shares among the reviewed changed pairs; 95% CI clustered by item)"]
+    rows = [[names[a["arm"]], f"{a['reviewed']}/{a['tasks']}", _int(a["n_judgements"]),
+             _share_ci(a["pruned_worse"], a["pruned_worse_ci"]), _share_ci(a["equal"], a["equal_ci"]),
+             _share_ci(a["pruned_better"], a["pruned_better_ci"]), _share_ci(a["both_wrong"], a["both_wrong_ci"]),
+             _share_ci(a["worse_of_all"], a["worse_of_all_ci"]), _fixed(a["alpha"]),
+             _share_ci(a["position_bias"], a["position_bias_ci"])] for a in arms]
+    lines += _table(["arm", "reviewed", "judgements", "pruned worse", "equal", "pruned better", "both wrong",
+                     "worse of all", "alpha", "A chosen"], rows, [False] + [True] * 9)
+    lines += textwrap.wrap("worse of all: share of all answers that get worse (changed x worse among them); alpha: "
+                           "Krippendorff's alpha between reviewers (1 = full agreement, 0 = chance); A chosen: share "
+                           "of A among A/B choices (sides are random: near 0.5 unless the position sways reviewers)",
+                           WIDTH, initial_indent="  ", subsequent_indent="    ")
+    budget = review.get("max_worse")
+    for arm in arms:
+        plan = arm.get("budget") or {}
+        note = _REVIEW_VERDICTS.get(plan.get("verdict"), str(plan.get("verdict"))).format(
+            more_tasks=_int(plan.get("more_tasks")), more_judgements=_int(plan.get("more_judgements")))
+        checks = (f"; check pairs: A or B chosen {arm['check_slips']} of {arm['check_judgements']} times"
+                  if arm.get("check_judgements") else "")
+        lines += textwrap.wrap(f"{names[arm['arm']]}: at most {budget * 100:.1f}% of answers worse: {note}{checks}",
+                               WIDTH, initial_indent="  ", subsequent_indent="    ")
+    flagged = [r for r in review.get("reviewers") or [] if r.get("flags")]
+    for reviewer in flagged:
+        lines += textwrap.wrap(f"reviewer {reviewer['reviewer']} looks random: {'; '.join(reviewer['flags'])}", WIDTH,
+                               initial_indent="  ", subsequent_indent="    ")
+    return lines

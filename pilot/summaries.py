@@ -13,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from pilot.metrics import Outcome, arm_kpis, compare
+from pilot.review import review_summary
 from pilot.store import models as db
 
 BASELINE = "baseline"
@@ -120,6 +121,7 @@ def build_report(session: Session, run_id: int) -> dict:
         "machine": run.machine, "batch_size": run.settings.get("batch_size"), "labels": labels,
         "arms": arms, "workers": workers(session, run.id), **_latency_note(session, run.id),
         "matched_to": run.settings.get("matched_to") or {},  # control arm -> its TransPrune arm (--controls)
+        "review": review_summary(session, run),  # blind human review (pilot.review); None without review tasks
     }
 
 

@@ -302,3 +302,79 @@ class TuningStudy(Base):
 
     def __repr__(self) -> str:
         return f"TuningStudy(id={self.id!r}, name={self.name!r})"
+
+
+# ---------------------------------------------------------------- blind human review (pilot.review, revision 0007)
+
+REVIEW_CHOICES = ("A", "B", "tie", "both_wrong")
+
+
+class Reviewer(Base):
+    """A named person who judges review tasks. ``token_sha256``: the SHA-256 of their personal link's token (the
+    token itself is shown once, never stored); None for reviewers known only from an import. ``revoked_at``: the
+    link no longer writes."""
+
+    __tablename__ = "reviewers"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    token_sha256: Mapped[str | None] = mapped_column(String(SHA256_LENGTH), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    def __repr__(self) -> str:
+        return f"Reviewer(id={self.id!r}, name={self.name!r})"
+
+
+class ReviewTask(Base):
+    """One blind pair to judge: the baseline's and a pruned arm's answer to one sample, shown as A and B.
+
+    ``pruned_side`` ("A" or "B") is drawn at random per task and never shown; ``kind`` is "changed" (the answers
+    differ) or "check" (they are equal: a screen for reviewers who choose at random). ``weight``: the changed pairs
+    of its stratum per task drawn from it (1 when every changed pair is a task); ``overlap``: reviewers wanted."""
+
+    __tablename__ = "review_tasks"
+    __table_args__ = (
+        UniqueConstraint("run_id", "arm_id", "sample_id"),
+        CheckConstraint("pruned_side IN ('A', 'B')", name="pruned_side"),
+        CheckConstraint("kind IN ('changed', 'check')", name="kind"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    arm_id: Mapped[int] = mapped_column(ForeignKey("arms.id", ondelete="CASCADE"))
+    baseline_arm_id: Mapped[int] = mapped_column(ForeignKey("arms.id", ondelete="CASCADE"))
+    sample_id: Mapped[str] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(String(16))
+    stratum: Mapped[str] = mapped_column(String(255))
+    weight: Mapped[float] = mapped_column(Float)
+    pruned_side: Mapped[str] = mapped_column(String(1))
+    overlap: Mapped[int] = mapped_column(Integer)
+    question: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    def __repr__(self) -> str:
+        return f"ReviewTask(id={self.id!r}, sample_id={self.sample_id!r}, kind={self.kind!r})"
+
+
+class ReviewJudgement(Base):
+    """One reviewer's choice on one task, in the task's sides: "A", "B", "tie" (equally good) or "both_wrong".
+
+    Every judgement is kept; a reviewer's latest on a task (by ``id``) is the one that counts. ``source``:
+    "dashboard", "label-studio" or "jsonl"; ``source_key``: a digest of the imported record, so that importing a
+    file again adds nothing (None for the dashboard's)."""
+
+    __tablename__ = "review_judgements"
+    __table_args__ = (CheckConstraint("choice IN ('A', 'B', 'tie', 'both_wrong')", name="choice"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("review_tasks.id", ondelete="CASCADE"), index=True)
+    reviewer_id: Mapped[int] = mapped_column(ForeignKey("reviewers.id", ondelete="CASCADE"))
+    choice: Mapped[str] = mapped_column(String(16))
+    comment: Mapped[str | None] = mapped_column(Text)
+    source: Mapped[str] = mapped_column(String(32))
+    source_key: Mapped[str | None] = mapped_column(String(SHA256_LENGTH), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    def __repr__(self) -> str:
+        return f"ReviewJudgement(task_id={self.task_id!r}, reviewer_id={self.reviewer_id!r}, choice={self.choice!r})"
