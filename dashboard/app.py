@@ -237,7 +237,8 @@ def open_ended_text(arm: dict, base: dict) -> str:
     baseline's answers, answer length and generation."""
     vs = arm.get("vs_baseline") or {}
     bits = [f"{data.metric_title(m)} {data.fixed(arm.get(m))} vs {data.fixed(base.get(m))}"
-            for m in ("anls", "exact_match", "token_f1", "relaxed_accuracy", "field_f1") if arm.get(m) is not None]
+            for m in ("anls", "exact_match", "token_f1", "relaxed_accuracy", "relaxed_accuracy_lenient", "field_f1")
+            if arm.get(m) is not None]
     if arm.get("json_invalid_rate") is not None:
         bits.append(f"JSON not parsable {data.pct(arm.get('json_invalid_rate'))} vs "
                     f"{data.pct(base.get('json_invalid_rate'))}")

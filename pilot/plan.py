@@ -59,6 +59,7 @@ METRICS = {"f1": "f1", "f1_macro": "f1", "accuracy": "accuracy", "agreement": "a
            **{metric: metric for metric in (*SCORE_METRICS, *VS_BASELINE_METRICS)}}
 TITLES = {"f1": "macro-F1", "accuracy": "accuracy", "agreement": "answer change", "anls": "ANLS",
           "exact_match": "exact match", "token_f1": "token F1", "relaxed_accuracy": "relaxed accuracy",
+          "relaxed_accuracy_lenient": "relaxed accuracy (lenient numbers)",
           "field_f1": "JSON field F1", "field_precision": "JSON field precision", "field_recall": "JSON field recall",
           "anls_vs_baseline": "ANLS to baseline", "token_f1_vs_baseline": "token F1 to baseline"}
 

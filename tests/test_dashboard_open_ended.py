@@ -204,8 +204,9 @@ def test_word_diff_marks_changed_words_and_escapes_the_answers():
 
 def test_metric_choices_follow_what_the_run_has(open_store):
     report = open_store["report"]
-    assert data.run_metrics(report) == ["anls", "exact_match", "token_f1", "relaxed_accuracy", "field_f1",
-                                        "anls_vs_baseline", "token_f1_vs_baseline"]
+    assert data.run_metrics(report) == ["anls", "exact_match", "token_f1", "relaxed_accuracy",
+                                        "relaxed_accuracy_lenient", "field_f1", "anls_vs_baseline",
+                                        "token_f1_vs_baseline"]
     choices = data.metric_choices(data.run_metrics(report), data.resolve_metric("auto", report))
     assert list(choices)[:4] == list(data.METRIC_CHOICES) and choices["auto"] == "auto (ANLS)"
     assert choices["anls_vs_baseline"] == "ANLS to baseline (no references needed)"

@@ -490,3 +490,32 @@ def test_score_vs_baseline_of_changed_answers():
         "length_change_chars": -9,
     }
     assert score_vs_baseline("cat", "dog")["changed"] is True
+
+
+# ---------------------------------------------------------------- runs stored before relaxed_accuracy_lenient
+
+
+def test_runs_stored_before_the_lenient_metric_still_report():
+    # Scores stored by earlier versions have no relaxed_accuracy_lenient key: the arm's mean and the paired change
+    # are None (n 0), a budget on it has no verdict and a plan no sample size, and nothing raises.
+    from pilot.metrics import Outcome, arm_kpis, budget_verdict, compare
+    from pilot.plan import plan_comparison
+
+    old_keys = ("exact_match", "anls", "token_f1", "relaxed_accuracy")
+
+    def outcomes(arm_answers):
+        return [Outcome(sample_id=str(i), label="", prediction=answer, task="text", answer_text=answer,
+                        scores={k: v for k, v in score_text(answer, [ref]).items() if k in old_keys})
+                for i, (answer, ref) in enumerate(arm_answers)]
+
+    baseline = outcomes([("104", "100"), ("yes", "yes"), ("$1,234", "1234")])
+    pruned = outcomes([("110", "100"), ("yes", "yes"), ("1234", "1234")])
+    kpis = arm_kpis(pruned, [])
+    assert kpis["relaxed_accuracy"] == close(2 / 3) and kpis["relaxed_accuracy_lenient"] is None
+    comparison = compare(baseline, pruned, [], resamples=50)
+    assert comparison["relaxed_accuracy_lenient_delta"] is None and comparison["relaxed_accuracy_lenient_n"] == 0
+    assert comparison["relaxed_accuracy_delta"] == close(0.0)  # 104 right -> 110 wrong, $1,234 wrong -> 1234 right
+    verdict = budget_verdict(comparison, "relaxed_accuracy_lenient", 0.02)
+    assert verdict["drop"] is None and verdict["met"] is None
+    plan = plan_comparison(comparison, 0.02, "relaxed_accuracy_lenient")
+    assert plan["samples_needed"] is None and plan["reason"]
