@@ -9,7 +9,7 @@ percent now and then), a third sentences of 5-20 words (words dropped or swapped
 differ from each other in case, spacing, an article or number formatting, as annotators' answers do.
 
 Rows: ``pilot.scoring.score_text_many`` with one metric at a time (each call pays the shared pass over the pairs,
-so these do not add up to the next row), then with all four (the target: under 10 s for 100,000 pairs), then the
+so these do not add up to the next row), then with all of them (the target: under 10 s for 100,000 pairs), then the
 per-pair ``score_text`` loop for comparison (its numbers are checked equal to the bulk ones). The same two rows
 follow on VQA-style pairs, where answers repeat: short answers from a small vocabulary, 10 annotators' references
 each; there the bulk scorer normalises each distinct string once and the loop does not.
@@ -232,10 +232,10 @@ def main(argv: list[str] | None = None) -> int:
         _, wall, cpu = _timed(score_text_many, predictions, references, metrics=(metric,))
         rows.append((f"score_text_many: {metric}", args.pairs, wall, cpu))
     bulk, wall, cpu = _timed(score_text_many, predictions, references)
-    rows.append(("score_text_many: all 4 metrics", args.pairs, wall, cpu))
+    rows.append((f"score_text_many: all {len(TEXT_METRICS)} metrics", args.pairs, wall, cpu))
     all_wall = wall
     if not args.no_loop:
-        rows.append(_loop_row("score_text loop: all 4 (per pair)", predictions, references, bulk))
+        rows.append(_loop_row(f"score_text loop: all {len(TEXT_METRICS)} (per pair)", predictions, references, bulk))
     vqa_predictions, vqa_references = make_vqa_pairs(args.pairs, args.seed)
     vqa_bulk, wall, cpu = _timed(score_text_many, vqa_predictions, vqa_references)
     rows.append(("VQA-style, 10 refs: score_text_many", args.pairs, wall, cpu))
@@ -246,9 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     rows.append(("score_json (per object)", args.json, wall, cpu))
 
     print(f"{args.pairs:,} answer pairs ({n_refs:,} references, seed {args.seed}), one thread")
-    print(f"{'scorer':<38} {'items':>8} {'wall s':>8} {'cpu s':>8} {'items/s':>10}")
+    print(f"{'scorer':<44} {'items':>8} {'wall s':>8} {'cpu s':>8} {'items/s':>10}")
     for name, items, wall, cpu in rows:
-        print(f"{name:<38} {items:>8,} {wall:>8.2f} {cpu:>8.2f} {items / wall:>10,.0f}")
+        print(f"{name:<44} {items:>8,} {wall:>8.2f} {cpu:>8.2f} {items / wall:>10,.0f}")
     means = ", ".join(f"{metric} {bulk[metric].mean():.3f}" for metric in TEXT_METRICS)
     valid = sum(scores["json_valid"] for scores in json_scores) / len(json_scores)
     field_f1 = sum(scores["field_f1"] for scores in json_scores) / len(json_scores)

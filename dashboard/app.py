@@ -242,7 +242,8 @@ def open_ended_text(arm: dict, base: dict) -> str:
     baseline's answers, answer length and generation."""
     vs = arm.get("vs_baseline") or {}
     bits = [f"{verdicts.metric_title(m)} {fmt.fixed(arm.get(m))} vs {fmt.fixed(base.get(m))}"
-            for m in ("anls", "exact_match", "token_f1", "relaxed_accuracy", "field_f1") if arm.get(m) is not None]
+            for m in ("anls", "exact_match", "token_f1", "relaxed_accuracy", "relaxed_accuracy_lenient", "field_f1")
+            if arm.get(m) is not None]
     if arm.get("json_invalid_rate") is not None:
         bits.append(f"JSON not parsable {fmt.pct(arm.get('json_invalid_rate'))} vs "
                     f"{fmt.pct(base.get('json_invalid_rate'))}")

@@ -29,6 +29,7 @@ METRIC_CHOICES = {"auto": "auto (macro-F1; agreement without labels)", "f1": "ma
 OPEN_CHOICES = {"anls": "ANLS (against references)", "exact_match": "exact match (against references)",
                 "token_f1": "token F1 (against references)",
                 "relaxed_accuracy": "relaxed accuracy (against references)",
+                "relaxed_accuracy_lenient": "relaxed accuracy, lenient numbers (against references)",
                 "field_f1": "JSON field F1 (against references)",
                 "anls_vs_baseline": "ANLS to baseline (no references needed)",
                 "token_f1_vs_baseline": "token F1 to baseline (no references needed)"}

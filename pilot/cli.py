@@ -10,8 +10,10 @@ from pathlib import Path
 
 # Budget metrics: label KPIs, open-ended scores against references, and label-free similarity to the baseline.
 METRIC_CHOICES = ["f1", "f1_macro", "accuracy", "agreement", "exact_match", "anls", "token_f1", "relaxed_accuracy",
-                  "field_f1", "field_precision", "field_recall", "anls_vs_baseline", "token_f1_vs_baseline"]
-METRIC_HELP = ("the budget's metric: f1/accuracy (labels), anls, exact_match, token_f1, relaxed_accuracy, field_f1 "
+                  "relaxed_accuracy_lenient", "field_f1", "field_precision", "field_recall", "anls_vs_baseline",
+                  "token_f1_vs_baseline"]
+METRIC_HELP = ("the budget's metric: f1/accuracy (labels), anls, exact_match, token_f1, relaxed_accuracy, "
+               "relaxed_accuracy_lenient, field_f1 "
                "(open-ended answers against references), agreement or anls_vs_baseline / token_f1_vs_baseline "
                "(label-free: answers compared with the baseline's)")
 

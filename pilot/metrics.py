@@ -33,8 +33,8 @@ INVALID = "invalid"
 UNLABELLED = ""  # pilot.data.manifest.UNLABELLED (no torch or data imports here)
 OPEN_TASKS = ("text", "json")
 # Per-sample scores of open-ended answers against their references (pilot.scoring): text, then json fields.
-SCORE_METRICS = ("exact_match", "anls", "token_f1", "relaxed_accuracy", "field_precision", "field_recall",
-                 "field_f1")
+SCORE_METRICS = ("exact_match", "anls", "token_f1", "relaxed_accuracy", "relaxed_accuracy_lenient", "field_precision",
+                 "field_recall", "field_f1")
 # Label-free, open-ended: each pruned answer scored against the baseline's answer (1.0: the same text).
 VS_BASELINE_METRICS = ("anls_vs_baseline", "token_f1_vs_baseline")
 METRICS = ("f1", "accuracy", "agreement", *SCORE_METRICS, *VS_BASELINE_METRICS)

@@ -57,6 +57,7 @@ from pilot.metrics import _BUDGET_TOL, SCORE_METRICS, VS_BASELINE_METRICS, budge
 Z = 1.959963984540054  # two-sided 95% interval -> its upper end is a one-sided 97.5% bound
 TITLES = {"f1": "macro-F1", "accuracy": "accuracy", "agreement": "answer change", "anls": "ANLS",
           "exact_match": "exact match", "token_f1": "token F1", "relaxed_accuracy": "relaxed accuracy",
+          "relaxed_accuracy_lenient": "relaxed accuracy (lenient numbers)",
           "field_f1": "JSON field F1", "field_precision": "JSON field precision", "field_recall": "JSON field recall",
           "anls_vs_baseline": "ANLS to baseline", "token_f1_vs_baseline": "token F1 to baseline"}
 

@@ -240,6 +240,7 @@ def _cost_columns() -> list[tuple[str, _Cell]]:
 def _score_columns(arms: list[dict]) -> list[tuple[str, _Cell]]:
     """Open-ended answers against their references: each score the run has, with its paired Δ and 95% CI."""
     titles = {"anls": "ANLS", "exact_match": "exact match", "token_f1": "token F1", "relaxed_accuracy": "relaxed acc",
+              "relaxed_accuracy_lenient": "relaxed lenient",
               "field_f1": "field F1"}
     columns: list[tuple[str, _Cell]] = [("n ref", lambda a, v: _int(a.get("n_referenced")))]
     for metric, title in titles.items():

@@ -1,15 +1,21 @@
-"""Per-answer scores of open-ended answers, computed as the benchmarks that defined them compute them.
+"""Per-answer scores of open-ended answers, each equal to the official evaluation code of its benchmark.
 
-Text metrics (``TEXT_METRICS``), each the best over the question's reference answers:
+Text metrics (``TEXT_METRICS``), each the best over the question's reference answers (docs/metrics.md gives every
+definition with its source and a worked example):
 
-- ``exact_match``: VQA-v2's answer normalisation (``normalize_vqa``) on both sides, then string equality.
-- ``anls``: DocVQA / ST-VQA's Average Normalized Levenshtein Similarity for one question (Biten et al. 2019,
-  Mathew et al. 2021): ``1 - distance / max(len)`` on lower-cased, whitespace-collapsed strings, 0 from a
-  normalised distance of 0.5 up.
-- ``token_f1``: SQuAD v1.1's official token-overlap F1 (``evaluate-v1.1.py``), with SQuAD 2.0's rule for empty
-  answers.
-- ``relaxed_accuracy``: ChartQA's relaxed correctness (Masry et al. 2022, as pix2struct's ``metrics.py`` scores
-  it): a number within 5% of the reference number is right; anything else must match exactly.
+- ``exact_match``: VQA-v2's answer normalisation (``normalize_vqa``, as ``vqaEval.py``) on both sides, then
+  string equality.
+- ``anls``: DocVQA / ST-VQA / InfographicVQA's ANLS of one question, as the official evaluation script (and
+  lmms-eval's ``anls``): ``1 - min(NL)`` over the references, 0 below 0.5. NL is the edit distance of the
+  stripped, lower-cased, whitespace-collapsed strings divided by the longer *raw* string's length.
+- ``token_f1``: SQuAD v1.1's token-overlap F1 (``evaluate-v1.1.py``, huggingface/evaluate's ``squad``): 0 when
+  no word is shared, also when both answers normalise to nothing.
+- ``relaxed_accuracy``: ChartQA's relaxed correctness exactly as pix2struct's ``metrics.py`` (and lmms-eval's
+  chartqa task) computes it: Python's ``float()`` after an optional trailing ``%``, 5% tolerance when the
+  reference is a non-zero number, otherwise the lower-cased strings compared as they are.
+- ``relaxed_accuracy_lenient``: ours, not a benchmark's: the same 5% rule, but answers are stripped and numbers
+  may carry thousands separators, a leading ``$``, a final period or a space before ``%`` ("$1,234." = 1234),
+  and a reference of 0 is a number too. Never below ``relaxed_accuracy`` on the same pair.
 
 JSON answers (``score_json``): the answer is parsed as a JSON object and its leaf fields are compared with the
 reference object's, path by path, giving field precision, recall and F1.
@@ -17,7 +23,7 @@ reference object's, path by path, giving field precision, recall and F1.
 Without labels (``score_vs_baseline``): a pruned arm's answer is scored against the baseline arm's answer to the
 same sample.
 
-``score_text_many`` scores many pairs at once with the same numbers as ``score_text`` (normalisation cached per
+``score_text_many`` scores many pairs at once with the same floats as ``score_text`` (normalisation cached per
 distinct string, edit distances computed in one rapidfuzz call). Everything here is plain Python, numpy and
 rapidfuzz: no torch, so scoring runs where the answers are, not where the model was.
 """
@@ -37,9 +43,9 @@ import numpy as np
 from rapidfuzz.distance import Levenshtein
 from rapidfuzz.process import cpdist
 
-TEXT_METRICS: tuple[str, ...] = ("exact_match", "anls", "token_f1", "relaxed_accuracy")
+TEXT_METRICS: tuple[str, ...] = ("exact_match", "anls", "token_f1", "relaxed_accuracy", "relaxed_accuracy_lenient")
 
-ANLS_THRESHOLD = 0.5  # DocVQA and ST-VQA: from this normalised distance up the answer is taken as wrong
+ANLS_THRESHOLD = 0.5  # DocVQA and ST-VQA: a question scoring below this similarity scores 0
 RELAXED_TOLERANCE = 0.05  # ChartQA: 5% relative error on numbers
 
 # ------------------------------------------------------------------------------------------ VQA normalisation
@@ -52,10 +58,10 @@ RELAXED_TOLERANCE = 0.05  # ChartQA: 5% relative error on numbers
 # processDigitArticle: lower-case, split on whitespace, number words zero..ten (and "none") -> digits, articles
 # dropped, apostrophe-less contractions restored ("isnt" -> "isn't").
 #
-# The punctuation list is the evaluation server's (Cloud-CV/EvalAI): it keeps apostrophes and colons, so
-# "isn't" and "isnt" both end as "isn't" and "10:30" stays a time. (The GitHub release's vqaEval.py also lists '
-# and : and lacks - ! { }, and most of its contractions have typographic apostrophes; the server's list is the one
-# EvalAI scores VQA-v2 submissions with, and the one LLaVA and lmms-eval use.)
+# The punctuation list is vqaEval.py's on the master branch of GT-Vision-Lab/VQA, the same as the evaluation
+# server's (Cloud-CV/EvalAI) and the one LLaVA and lmms-eval use: it keeps apostrophes and colons, so "isn't" and
+# "isnt" both end as "isn't" and "10:30" stays a time. (Only the repository's first release listed ' and : and
+# lacked - ! { }, with typographic apostrophes in most contractions; master replaced both.)
 _VQA_PUNCTUATION_MARKS = ";/[]\"{}()=+\\_-><@`,?!"
 _VQA_PUNCTUATION = re.compile(f"[{re.escape(_VQA_PUNCTUATION_MARKS)}]")
 _VQA_DIGIT_COMMA_DIGIT = re.compile(r"\d,\d")
@@ -127,10 +133,14 @@ def normalize_vqa(text: str) -> str:
 
 
 def _anls_normalize(text: str) -> str:
-    # DocVQA's task rules: answers are not case sensitive, but are space sensitive. The public scripts lower-case
-    # and strip; runs of whitespace are also collapsed to one space here, so a model's line break or double space
-    # inside an answer is not an edit.
-    return " ".join(text.lower().split())
+    # The DocVQA / InfographicVQA evaluation script: strip, lower-case, collapse runs of whitespace to one space.
+    return " ".join(text.strip().lower().split())
+
+
+def _anls_length(text: str) -> int:
+    # The script divides by the longer *raw* answer's length as len(answer.upper()): not the normalised length
+    # (spaces and line breaks it collapsed still count), and upper() can lengthen a string ("ß" -> "SS").
+    return len(text.upper())
 
 
 # SQuAD's normalize_answer: lower-case, delete ASCII punctuation (string.punctuation), articles a/an/the -> space,
@@ -155,27 +165,45 @@ def _squad_bag(text: str) -> _Bag:
     return len(tokens), distinct, (Counter(tokens) if len(distinct) < len(tokens) else None)
 
 
-# ChartQA numbers: optional sign, optional leading $, digits with or without thousands commas, optional decimals
-# and exponent, optional %. A trailing period ("12.") is dropped first: models end short answers with one.
-_NUMBER = re.compile(
-    r"(?P<sign>[+-]?)\$?"
-    r"(?P<digits>(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?|\.\d+)"
-    r"(?P<exponent>[eE][+-]?\d+)?"
-    r"(?P<percent>%?)"
-)
+def _chartqa_float(text: str) -> float | None:
+    """pix2struct's ``_to_float``: Python's ``float()`` of the answer as it is, after removing trailing ``%``
+    signs (then divided by 100). ``float()`` itself accepts surrounding whitespace, a sign, exponents,
+    underscores between digits, non-ASCII digits, "inf" and "nan"; it refuses "1,234" and "$12"."""
+    try:
+        if text.endswith("%"):
+            return float(text.rstrip("%")) / 100.0
+        return float(text)
+    except ValueError:
+        return None
 
 
-def _parse_number(text: str) -> float | None:
-    text = text.strip()
+# The lenient number reading: a leading currency sign (after an optional sign) and thousands separators.
+_CURRENCY_PREFIX = re.compile(r"^([+-]?)\$")
+_THOUSANDS = re.compile(r"[+-]?\d{1,3}(?:,\d{3})+(?:\.\d*)?(?:e[+-]?\d+)?")
+
+
+def _lenient_float(text: str) -> float | None:
+    """A number as people write one in an answer: "$1,234.", " 45 %" (0.45), "1e3"; None when it is not one.
+
+    Stripped and lower-cased, one final period dropped (a sentence's full stop), trailing ``%`` signs with
+    the spaces before them (then divided by 100), a leading ``$``, and thousands separators in groups of three
+    ("1,2" is not a number); then Python's ``float()``. Every string ``_chartqa_float`` reads gives the same
+    number here; infinities and NaN are not numbers here (they compare as text).
+    """
+    text = text.strip().lower()
     if text.endswith("."):
         text = text[:-1]
-    match = _NUMBER.fullmatch(text)
-    if match is None:
+    percent = text.endswith("%")
+    if percent:
+        text = text.rstrip("%").rstrip()
+    text = _CURRENCY_PREFIX.sub(r"\1", text, count=1)
+    if "," in text and _THOUSANDS.fullmatch(text):
+        text = text.replace(",", "")
+    try:
+        value = float(text)
+    except ValueError:
         return None
-    value = float(match["sign"] + match["digits"].replace(",", "") + (match["exponent"] or ""))
-    if match["percent"]:
-        # As pix2struct's relaxed_correctness (the ChartQA scorer): "45%" is 0.45, so it matches "45%" and "0.45"
-        # but not "45".
+    if percent:
         value /= 100.0
     return value if math.isfinite(value) else None
 
@@ -190,22 +218,28 @@ def _check_references(references: Sequence[str]) -> None:
 
 # ------------------------------------------------------------------------------------------ per-pair cores
 #
-# score_text and score_text_many share these (ANLS's bulk path writes the same rule as a numpy where), so the bulk
-# path gives the same floats as the per-pair one.
+# score_text and score_text_many share these (ANLS's bulk path writes the same arithmetic in numpy float64, which
+# rounds as Python's float does), so the bulk path gives the same floats as the per-pair one.
 
 
-def _anls_from_distance(normalized_distance: float, threshold: float) -> float:
-    return 1.0 - normalized_distance if normalized_distance < threshold else 0.0
+def _anls_nl(pred_normalized: str, pred_length: int, ref_normalized: str, ref_length: int) -> float:
+    # The script's NL of one reference: 0.0 when both raw answers are empty.
+    length = max(ref_length, pred_length)
+    return 0.0 if length == 0 else Levenshtein.distance(ref_normalized, pred_normalized) / length
+
+
+def _anls_from_nl(smallest_nl: float, threshold: float) -> float:
+    # The script: question_result = 1 - min(values); 0 if question_result < threshold (so 1 - NL = 0.5 is kept).
+    similarity = 1.0 - smallest_nl
+    return 0.0 if similarity < threshold else similarity
 
 
 def _f1_from_bags(pred: _Bag, ref: _Bag) -> float:
     pred_len, pred_words, pred_counts = pred
     ref_len, ref_words, ref_counts = ref
-    if pred_len == 0 or ref_len == 0:
-        # SQuAD 2.0's rule (v1.1 has none): both empty is right, one empty is wrong.
-        return 1.0 if pred_len == ref_len else 0.0
     common = pred_words & ref_words
     if not common:
+        # SQuAD v1.1: num_same == 0 -> 0, including when both answers normalise to no word at all.
         return 0.0
     # SQuAD's sum(Counter(pred) & Counter(ref)): each shared word counts as often as the side with fewer of it has
     # it, which is once whenever one side has no repeated word.
@@ -218,7 +252,25 @@ def _f1_from_bags(pred: _Bag, ref: _Bag) -> float:
     return (2 * precision * recall) / (precision + recall)
 
 
-def _relaxed_one(
+def _f1_squad2(pred: _Bag, ref: _Bag) -> float:
+    # SQuAD 2.0's compute_f1: when either side has no word, 1 if both have none, else 0. Used against the baseline,
+    # where two empty answers are the same answer.
+    if pred[0] == 0 or ref[0] == 0:
+        return 1.0 if pred[0] == ref[0] else 0.0
+    return _f1_from_bags(pred, ref)
+
+
+def _relaxed_chartqa(
+    pred_number: float | None, pred_lower: str, ref_number: float | None, ref_lower: str, tolerance: float
+) -> float:
+    # pix2struct: `if prediction_float is not None and target_float:` -- a target of 0 (or -0) is falsy and falls
+    # through to the string comparison; NaN is truthy and then fails the tolerance, as there.
+    if pred_number is not None and ref_number is not None and ref_number != 0.0:
+        return 1.0 if abs(pred_number - ref_number) / abs(ref_number) <= tolerance else 0.0
+    return 1.0 if pred_lower == ref_lower else 0.0
+
+
+def _relaxed_lenient(
     pred_number: float | None, pred_text: str, ref_number: float | None, ref_text: str, tolerance: float
 ) -> float:
     if pred_number is not None and ref_number is not None:
@@ -243,27 +295,25 @@ def exact_match(prediction: str, references: Sequence[str]) -> float:
 
 
 def anls(prediction: str, references: Sequence[str], threshold: float = ANLS_THRESHOLD) -> float:
-    """DocVQA / ST-VQA ANLS of one question: the best over references of ``1 - NL`` when ``NL < threshold``, else 0.
+    """DocVQA / ST-VQA ANLS of one question, as the official evaluation script: ``1 - min(NL)`` over the
+    references, 0 when that is below ``threshold``.
 
-    ``NL`` is the Levenshtein distance over the longer string's length, both strings lower-cased and their
-    whitespace collapsed. A one-character OCR slip in a 10-character answer scores 0.9; two empty strings score 1.
-    ``NL`` exactly at the threshold scores 0, as the paper's ``NL < tau`` (some public scripts, lmms-eval's among
-    them, keep 0.5 there: 2 edits in 4 characters is the only kind of answer where they differ).
+    ``NL`` is the Levenshtein distance between the stripped, lower-cased, whitespace-collapsed answers divided by
+    ``max(len(reference.upper()), len(prediction.upper()))`` of the raw answers (0 when both are empty). So
+    ``"Yes.\\n"`` against ``["yes"]`` is 1 - 1/5 = 0.8, and ``"ab"`` against ``["ac"]`` is exactly 0.5 (kept).
     """
     _check_references(references)
-    pred = _anls_normalize(prediction)
-    best = 0.0
-    for ref in references:
-        distance = Levenshtein.normalized_distance(pred, _anls_normalize(ref))
-        best = max(best, _anls_from_distance(distance, threshold))
-    return best
+    pred, pred_length = _anls_normalize(prediction), _anls_length(prediction)
+    smallest = min(_anls_nl(pred, pred_length, _anls_normalize(ref), _anls_length(ref)) for ref in references)
+    return _anls_from_nl(smallest, threshold)
 
 
 def token_f1(prediction: str, references: Sequence[str]) -> float:
     """SQuAD v1.1's token F1, best over references: harmonic mean of token precision and recall on the bags of
     normalised words (lower-cased, ASCII punctuation and a/an/the removed).
 
-    An answer that normalises to nothing scores 1.0 against a reference that also does, else 0.0 (SQuAD 2.0).
+    With no word in common the score is 0, also when both answers normalise to nothing (``"the"`` against
+    ``["a"]``), as ``evaluate-v1.1.py``.
     """
     _check_references(references)
     pred = _squad_bag(prediction)
@@ -271,16 +321,33 @@ def token_f1(prediction: str, references: Sequence[str]) -> float:
 
 
 def relaxed_accuracy(prediction: str, references: Sequence[str], tolerance: float = RELAXED_TOLERANCE) -> float:
-    """ChartQA's relaxed accuracy, best over references: 1.0 or 0.0.
+    """ChartQA's relaxed accuracy as pix2struct's ``relaxed_correctness``, best over references: 1.0 or 0.0.
 
-    When both parse as numbers ("1,234", "$12", "45%" = 0.45, "12." = 12) the prediction is right within
-    ``tolerance`` relative error, ``|pred - ref| / |ref| <= tolerance`` (against a reference of 0 only an exact
-    0 is right); otherwise the lower-cased, stripped strings must be equal.
+    Each side is read with Python's ``float()`` (a trailing ``%`` divides by 100: "45%" and "45 %" are 0.45).
+    When the prediction reads and the reference reads as a non-zero number, right means
+    ``|pred - ref| / |ref| <= tolerance``; otherwise the lower-cased strings must be equal as they are, spaces
+    included (``"yes "`` is not ``"yes"``; ``"0.0"`` is not ``"0"``; ``"1,234"`` is not a number).
     """
     _check_references(references)
-    pred_number, pred_text = _parse_number(prediction), prediction.strip().lower()
+    pred_number, pred_lower = _chartqa_float(prediction), prediction.lower()
     return max(
-        _relaxed_one(pred_number, pred_text, _parse_number(ref), ref.strip().lower(), tolerance)
+        _relaxed_chartqa(pred_number, pred_lower, _chartqa_float(ref), ref.lower(), tolerance) for ref in references
+    )
+
+
+def relaxed_accuracy_lenient(
+    prediction: str, references: Sequence[str], tolerance: float = RELAXED_TOLERANCE
+) -> float:
+    """Relaxed accuracy with numbers read as people write them, best over references: 1.0 or 0.0 (ours).
+
+    Numbers as ``_lenient_float`` reads them ("$1,234", "12.", "45 %" = 0.45): right within ``tolerance``
+    relative error, against a reference of 0 only a 0; otherwise the stripped, lower-cased strings must be
+    equal. Never below ``relaxed_accuracy`` on the same answer.
+    """
+    _check_references(references)
+    pred_number, pred_text = _lenient_float(prediction), prediction.strip().lower()
+    return max(
+        _relaxed_lenient(pred_number, pred_text, _lenient_float(ref), ref.strip().lower(), tolerance)
         for ref in references
     )
 
@@ -292,6 +359,7 @@ def score_text(prediction: str, references: Sequence[str]) -> dict[str, float]:
         "anls": anls(prediction, references),
         "token_f1": token_f1(prediction, references),
         "relaxed_accuracy": relaxed_accuracy(prediction, references),
+        "relaxed_accuracy_lenient": relaxed_accuracy_lenient(prediction, references),
     }
 
 
@@ -319,6 +387,7 @@ def score_text_many(
     want_anls = "anls" in metrics
     want_f1 = "token_f1" in metrics
     want_relaxed = "relaxed_accuracy" in metrics
+    want_lenient = "relaxed_accuracy_lenient" in metrics
 
     # One entry per distinct string: its normalised forms for the metrics asked for, in TEXT_METRICS order.
     cache: dict[str, tuple] = {}
@@ -328,17 +397,20 @@ def score_text_many(
         if found is None:
             found = cache[text] = (
                 normalize_vqa(text) if want_exact else None,
-                _anls_normalize(text) if want_anls else None,
+                (_anls_normalize(text), _anls_length(text)) if want_anls else None,
                 _squad_bag(text) if want_f1 else None,
-                (_parse_number(text), text.strip().lower()) if want_relaxed else None,
+                (_chartqa_float(text), text.lower()) if want_relaxed else None,
+                (_lenient_float(text), text.strip().lower()) if want_lenient else None,
             )
         return found
 
     exact: list[bool] = []
     anls_preds: list[str] = []
     anls_refs: list[str] = []
+    anls_lengths: list[int] = []
     f1: list[float] = []
     relaxed: list[float] = []
+    lenient: list[float] = []
     # The cache holds a few container objects per distinct string (hundreds of thousands on a large run), and the
     # cyclic garbage collector would rescan them all every few thousand allocations: on 100,000 pairs that costs
     # as much as the scoring. Nothing here creates reference cycles, so collection is paused meanwhile.
@@ -352,12 +424,15 @@ def score_text_many(
                 if want_exact:
                     exact.append(pred[0] == ref[0])
                 if want_anls:
-                    anls_preds.append(pred[1])
-                    anls_refs.append(ref[1])
+                    anls_preds.append(pred[1][0])
+                    anls_refs.append(ref[1][0])
+                    anls_lengths.append(max(pred[1][1], ref[1][1]))
                 if want_f1:
                     f1.append(_f1_from_bags(pred[2], ref[2]))
                 if want_relaxed:
-                    relaxed.append(_relaxed_one(*pred[3], *ref[3], RELAXED_TOLERANCE))
+                    relaxed.append(_relaxed_chartqa(*pred[3], *ref[3], RELAXED_TOLERANCE))
+                if want_lenient:
+                    lenient.append(_relaxed_lenient(*pred[4], *ref[4], RELAXED_TOLERANCE))
     finally:
         if collecting:
             gc.enable()
@@ -372,12 +447,18 @@ def score_text_many(
     if want_exact:
         out["exact_match"] = np.maximum.reduceat(np.array(exact, dtype=np.float64), starts)
     if want_anls:
-        distances = cpdist(anls_preds, anls_refs, scorer=Levenshtein.normalized_distance, dtype=np.float64, workers=1)
-        out["anls"] = np.maximum.reduceat(np.where(distances < ANLS_THRESHOLD, 1.0 - distances, 0.0), starts)
+        distances = cpdist(anls_refs, anls_preds, scorer=Levenshtein.distance, dtype=np.int64, workers=1)
+        lengths = np.array(anls_lengths, dtype=np.int64)
+        # int64 / int64 in numpy divides as float64, rounding as Python's int / int does for these sizes.
+        nl = np.divide(distances, lengths, out=np.zeros(len(lengths), dtype=np.float64), where=lengths > 0)
+        similarity = 1.0 - np.minimum.reduceat(nl, starts)
+        out["anls"] = np.where(similarity < ANLS_THRESHOLD, 0.0, similarity)
     if want_f1:
         out["token_f1"] = np.maximum.reduceat(np.array(f1, dtype=np.float64), starts)
     if want_relaxed:
         out["relaxed_accuracy"] = np.maximum.reduceat(np.array(relaxed, dtype=np.float64), starts)
+    if want_lenient:
+        out["relaxed_accuracy_lenient"] = np.maximum.reduceat(np.array(lenient, dtype=np.float64), starts)
     return out
 
 
@@ -524,13 +605,15 @@ def score_json(prediction_text: str, reference: dict) -> dict[str, float | int |
 def score_vs_baseline(answer: str, baseline_answer: str) -> dict[str, float | bool | int]:
     """A pruned arm's answer scored against the baseline arm's answer to the same sample (no labels needed).
 
-    ``anls_vs_baseline`` and ``token_f1_vs_baseline`` take the baseline answer as the one reference; ``changed``
-    is whether the two differ after VQA normalisation; ``length_change_chars`` is the pruned answer's length
-    minus the baseline's (negative: shorter).
+    ``anls_vs_baseline`` is ``anls`` with the baseline answer as the one reference. ``token_f1_vs_baseline`` is
+    token F1 with SQuAD 2.0's rule for answers without words: two such answers are the same answer (1.0), one
+    of them against a worded answer scores 0.0 (``token_f1`` scores both 0.0, as SQuAD v1.1). ``changed`` is
+    whether the two differ after VQA normalisation; ``length_change_chars`` is the pruned answer's length minus
+    the baseline's (negative: shorter).
     """
     return {
         "anls_vs_baseline": anls(answer, [baseline_answer]),
-        "token_f1_vs_baseline": token_f1(answer, [baseline_answer]),
+        "token_f1_vs_baseline": _f1_squad2(_squad_bag(answer), _squad_bag(baseline_answer)),
         "changed": normalize_vqa(answer) != normalize_vqa(baseline_answer),
         "length_change_chars": len(answer) - len(baseline_answer),
     }

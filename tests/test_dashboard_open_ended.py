@@ -208,8 +208,9 @@ def test_word_diff_marks_changed_words_and_escapes_the_answers():
 
 def test_metric_choices_follow_what_the_run_has(open_store):
     report = open_store["report"]
-    assert verdicts.run_metrics(report) == ["anls", "exact_match", "token_f1", "relaxed_accuracy", "field_f1",
-                                        "anls_vs_baseline", "token_f1_vs_baseline"]
+    assert verdicts.run_metrics(report) == ["anls", "exact_match", "token_f1", "relaxed_accuracy",
+                                            "relaxed_accuracy_lenient", "field_f1", "anls_vs_baseline",
+                                            "token_f1_vs_baseline"]
     choices = verdicts.metric_choices(verdicts.run_metrics(report), verdicts.resolve_metric("auto", report))
     assert list(choices)[:4] == list(verdicts.METRIC_CHOICES) and choices["auto"] == "auto (ANLS)"
     assert choices["anls_vs_baseline"] == "ANLS to baseline (no references needed)"

@@ -1,9 +1,10 @@
 """Per-answer scores against worked examples from the benchmarks' own definitions and evaluation scripts.
 
 Sources: VQA-v2 ``vqaEval.py`` (GT-Vision-Lab/VQA, the server's copy in Cloud-CV/VQA-Challenge, EvalAI's answer
-processor); DocVQA / ST-VQA ANLS (Biten et al. 2019, Mathew et al. 2021, threshold 0.5); SQuAD's
-``evaluate-v1.1.py`` (and v2.0's rule for empty answers); ChartQA's relaxed accuracy (Masry et al. 2022, scored by
-pix2struct's ``relaxed_correctness``, 5%). Expected numbers are worked by hand in the comments.
+processor); the DocVQA / InfographicVQA evaluation script's ANLS (the same in lmms-eval's ``anls``, threshold 0.5);
+SQuAD's ``evaluate-v1.1.py``; ChartQA's relaxed accuracy as pix2struct's ``relaxed_correctness`` (5%). Expected
+numbers are worked by hand in the comments. tests/test_scoring_official.py checks every text metric against
+transcriptions of the official functions on generated pairs.
 """
 
 import gc
@@ -19,6 +20,7 @@ from pilot.scoring import (
     normalize_vqa,
     parse_json_answer,
     relaxed_accuracy,
+    relaxed_accuracy_lenient,
     score_json,
     score_text,
     score_text_many,
@@ -91,10 +93,32 @@ def test_anls_gives_partial_credit_for_an_ocr_slip():
     assert anls("abcde", ["abxye"]) == close(0.6)
 
 
-def test_anls_is_zero_from_the_threshold_up():
-    assert anls("abcd", ["abxy"]) == 0.0  # NL exactly 0.5 is not below the threshold
-    assert anls("cat", ["dog"]) == 0.0  # NL 1.0
-    assert anls("abcd", ["abxy"], threshold=0.6) == close(0.5)
+def test_anls_keeps_a_similarity_of_exactly_the_threshold():
+    # The official script zeroes a question only when 1 - NL < 0.5: NL exactly 0.5 scores 0.5.
+    assert anls("abcd", ["abxy"]) == 0.5
+    assert anls("ab", ["ac"]) == 0.5
+    assert anls("abc", ["xyz"]) == 0.0  # NL 1.0
+    assert anls("abcde", ["axyze"]) == 0.0  # NL 0.6: similarity 0.4 < 0.5
+    assert anls("abcd", ["abxy"], threshold=0.6) == 0.0
+
+
+def test_anls_divides_by_the_raw_length():
+    # The distance is taken on the normalised strings, the length from the raw ones (len(text.upper())).
+    # "Yes.\n" -> "yes." vs "yes": one edit; raw lengths 5 and 3 -> NL 1/5 -> 0.8 (the normalised length gives 0.75).
+    assert anls("Yes.\n", ["yes"]) == close(0.8)
+    # "ab  c" -> "ab c" vs "abd": two edits; raw lengths 5 and 3 -> NL 2/5 -> 0.6 (normalised: 2/4, then 0.5).
+    assert anls("ab  c", ["abd"]) == close(0.6)
+    # upper() lengthens "ß" to "SS": "straße" vs "strasse" is 2 edits over max(7, 7) -> 5/7.
+    assert anls("straße", ["strasse"]) == close(5 / 7)
+    # Only spaces: both normalise to "", distance 0 -> 1.0; against a word the raw length counts the spaces.
+    assert anls("   ", [""]) == 1.0
+    assert anls("  ", ["ab"]) == 0.0  # "" vs "ab": 2 edits over max(2, 2)
+
+
+def test_anls_takes_the_closest_reference_then_the_threshold():
+    # 1 - min(NL) over references: "helo" is 1 edit from "hello" (NL 1/5) and 4 from "goodbye".
+    assert anls("helo", ["goodbye", "hello"]) == close(0.8)
+    assert anls("helo", ["hello", "hola"]) == close(0.8)  # "hola": 2 edits over 4 -> 0.5 < 0.8
 
 
 def test_anls_ignores_case_and_whitespace_runs():
@@ -138,11 +162,14 @@ def test_token_f1_removes_ascii_punctuation_and_articles_only():
     assert token_f1("Café crème", ["café"]) == close(2 / 3)
 
 
-def test_token_f1_of_empty_answers_follows_squad_2():
-    assert token_f1("", [""]) == 1.0
-    assert token_f1("The", ["an"]) == 1.0  # both normalise to nothing
+def test_token_f1_without_a_shared_word_is_zero_even_when_both_are_empty():
+    # evaluate-v1.1.py: num_same == 0 -> 0, also when both sides normalise to no word (v2.0's rule would give 1).
+    assert token_f1("", [""]) == 0.0
+    assert token_f1("the", ["a"]) == 0.0
+    assert token_f1("The", ["an"]) == 0.0
     assert token_f1("", ["Denver"]) == 0.0
     assert token_f1("Denver", ["the"]) == 0.0
+    assert token_f1("", ["", "Denver"]) == 0.0
 
 
 # ---------------------------------------------------------------- relaxed accuracy (ChartQA)
@@ -158,31 +185,65 @@ def test_relaxed_accuracy_allows_five_percent_on_numbers():
     assert relaxed_accuracy("106", ["100"], tolerance=0.1) == 1.0
 
 
-def test_relaxed_accuracy_reads_percent_currency_commas_and_a_final_period():
+def test_relaxed_accuracy_reads_numbers_with_pythons_float():
     assert relaxed_accuracy("45%", ["45%"]) == 1.0
     assert relaxed_accuracy("46%", ["45%"]) == 1.0  # 0.46 vs 0.45: 2.2%
     assert relaxed_accuracy("48%", ["45%"]) == 0.0  # 6.7%
-    # As pix2struct's scorer: "45%" is 0.45, which matches 0.45 and not 45.
+    # As pix2struct's scorer: "45%" is 0.45, which matches 0.45 and not 45; a space before % is float()'s.
     assert relaxed_accuracy("45%", ["0.45"]) == 1.0
+    assert relaxed_accuracy("45 %", ["0.45"]) == 1.0
     assert relaxed_accuracy("45%", ["45"]) == 0.0
-    assert relaxed_accuracy("$1,234", ["1234"]) == 1.0
-    assert relaxed_accuracy("1,300", ["1,234"]) == 0.0  # 5.3%
-    assert relaxed_accuracy("12.", ["12"]) == 1.0
+    assert relaxed_accuracy("12.", ["12"]) == 1.0  # float("12.") is 12
+    assert relaxed_accuracy(" 12 ", ["12.4"]) == 1.0  # float() strips: 3.2%
+    assert relaxed_accuracy("1_000", ["1000"]) == 1.0  # float() reads underscores between digits
+    assert relaxed_accuracy("1e3", ["1000"]) == 1.0
+    # float() reads neither thousands separators nor currency: compared as text.
+    assert relaxed_accuracy("1,234", ["1234"]) == 0.0
+    assert relaxed_accuracy("$1,234", ["1234"]) == 0.0
+    assert relaxed_accuracy("1,234", ["1,234"]) == 1.0  # equal text
 
 
-def test_relaxed_accuracy_against_zero_needs_zero():
+def test_relaxed_accuracy_compares_a_zero_reference_as_text():
+    # pix2struct tests `target_float` for truth: a reference of 0 falls through to the string comparison.
     assert relaxed_accuracy("0", ["0"]) == 1.0
-    assert relaxed_accuracy("0.0", ["0"]) == 1.0
+    assert relaxed_accuracy("0.0", ["0"]) == 0.0
+    assert relaxed_accuracy("-0", ["0"]) == 0.0
     assert relaxed_accuracy("0.01", ["0"]) == 0.0
 
 
-def test_relaxed_accuracy_falls_back_to_exact_match_for_text():
-    assert relaxed_accuracy(" Yes ", ["yes"]) == 1.0  # lower-cased and stripped
+def test_relaxed_accuracy_falls_back_to_exact_text_as_it_is():
+    assert relaxed_accuracy("Yes", ["yes"]) == 1.0  # lower-cased
+    assert relaxed_accuracy("yes ", ["yes"]) == 0.0  # not stripped
+    assert relaxed_accuracy(" Yes ", ["yes"]) == 0.0
     assert relaxed_accuracy("Yes.", ["yes"]) == 0.0  # no other normalisation
     assert relaxed_accuracy("12 apples", ["12"]) == 0.0  # one side is not a number
-    assert relaxed_accuracy("1,2", ["12"]) == 0.0  # not a thousands group: compared as text
     assert relaxed_accuracy("7", ["seven", "7"]) == 1.0  # best over references
     assert relaxed_accuracy("", ["0"]) == 0.0
+    assert relaxed_accuracy("nan", ["nan"]) == 0.0  # float("nan") is truthy and fails the tolerance
+    assert relaxed_accuracy("inf", ["inf"]) == 0.0  # inf - inf is NaN
+
+
+def test_relaxed_accuracy_lenient_reads_numbers_as_people_write_them():
+    assert relaxed_accuracy_lenient("$1,234", ["1234"]) == 1.0
+    assert relaxed_accuracy_lenient("-$1,234.50", ["-1234.5"]) == 1.0
+    assert relaxed_accuracy_lenient("1,300", ["1,234"]) == 0.0  # 5.3%
+    assert relaxed_accuracy_lenient("1,2", ["12"]) == 0.0  # not a thousands group: compared as text
+    assert relaxed_accuracy_lenient("12.", ["12"]) == 1.0
+    assert relaxed_accuracy_lenient("45 %", ["0.45"]) == 1.0
+    assert relaxed_accuracy_lenient("45%", ["45"]) == 0.0  # still 0.45, as the benchmark's rule
+    assert relaxed_accuracy_lenient("104", ["100"]) == 1.0
+    assert relaxed_accuracy_lenient("106", ["100"]) == 0.0
+
+
+def test_relaxed_accuracy_lenient_strips_and_reads_a_zero_reference_as_a_number():
+    assert relaxed_accuracy_lenient(" Yes ", ["yes"]) == 1.0
+    assert relaxed_accuracy_lenient("yes ", ["yes"]) == 1.0
+    assert relaxed_accuracy_lenient("Yes.", ["yes"]) == 0.0  # a final period is dropped from numbers only
+    assert relaxed_accuracy_lenient("0.0", ["0"]) == 1.0
+    assert relaxed_accuracy_lenient("-0", ["0"]) == 1.0
+    assert relaxed_accuracy_lenient("0.01", ["0"]) == 0.0
+    assert relaxed_accuracy_lenient("inf", ["inf"]) == 1.0  # not a number here: equal text
+    assert relaxed_accuracy_lenient("", ["0"]) == 0.0
 
 
 # ---------------------------------------------------------------- all text metrics, one and many
@@ -195,15 +256,18 @@ def test_score_text_gives_every_metric():
     assert scores["anls"] == close(8 / 9)  # "two dogs." vs "two dogs": one deletion over 9 characters
     assert scores["token_f1"] == 1.0  # [two, dogs] vs [two, dogs]
     assert scores["relaxed_accuracy"] == 0.0  # "two dogs." vs "two dogs" as text
+    assert scores["relaxed_accuracy_lenient"] == 0.0
 
 
-@pytest.mark.parametrize("scorer", [exact_match, anls, token_f1, relaxed_accuracy, score_text])
+@pytest.mark.parametrize(
+    "scorer", [exact_match, anls, token_f1, relaxed_accuracy, relaxed_accuracy_lenient, score_text]
+)
 def test_every_text_scorer_refuses_an_empty_reference_list(scorer):
     with pytest.raises(ValueError, match="references is empty"):
         scorer("yes", [])
 
 
-@pytest.mark.parametrize("scorer", [exact_match, anls, token_f1, relaxed_accuracy])
+@pytest.mark.parametrize("scorer", [exact_match, anls, token_f1, relaxed_accuracy, relaxed_accuracy_lenient])
 def test_a_bare_string_is_not_taken_as_a_reference_list(scorer):
     # Iterating "yes" would score against "y", "e", "s".
     with pytest.raises(TypeError, match="not one string"):
@@ -229,6 +293,14 @@ _PAIRS = [
     ("Yes.", ["yes"]),
     ("The big red dog barked at the mailman twice", ["a red dog barked twice", "the dog barked"]),
     ("東京タワー", ["東京 タワー"]),
+    ("Yes.\n", ["yes"]),
+    ("ab", ["ac"]),
+    ("ab  c", ["abd", "zzzzz"]),
+    ("straße", ["strasse"]),
+    ("   ", [""]),
+    ("45 %", ["0.45"]),
+    ("yes ", ["yes"]),
+    ("nan", ["nan", "1"]),
 ]
 
 
@@ -385,6 +457,13 @@ def test_score_json_with_empty_objects():
 # ---------------------------------------------------------------- against the baseline's answer
 
 
+def test_score_vs_baseline_counts_two_answers_without_words_as_the_same():
+    # Against the baseline two empty answers are the same answer (SQuAD 2.0's rule), unlike token_f1 (v1.1).
+    assert score_vs_baseline("The.", "the")["token_f1_vs_baseline"] == 1.0
+    assert score_vs_baseline("", "Denver")["token_f1_vs_baseline"] == 0.0
+    assert score_vs_baseline("Denver Broncos", "Denver Broncos won")["token_f1_vs_baseline"] == close(0.8)
+
+
 def test_score_vs_baseline_of_an_unchanged_answer():
     assert score_vs_baseline("Two dogs.", "Two dogs.") == {
         "anls_vs_baseline": 1.0,
@@ -411,3 +490,32 @@ def test_score_vs_baseline_of_changed_answers():
         "length_change_chars": -9,
     }
     assert score_vs_baseline("cat", "dog")["changed"] is True
+
+
+# ---------------------------------------------------------------- runs stored before relaxed_accuracy_lenient
+
+
+def test_runs_stored_before_the_lenient_metric_still_report():
+    # Scores stored by earlier versions have no relaxed_accuracy_lenient key: the arm's mean and the paired change
+    # are None (n 0), a budget on it has no verdict and a plan no sample size, and nothing raises.
+    from pilot.metrics import Outcome, arm_kpis, budget_verdict, compare
+    from pilot.plan import plan_comparison
+
+    old_keys = ("exact_match", "anls", "token_f1", "relaxed_accuracy")
+
+    def outcomes(arm_answers):
+        return [Outcome(sample_id=str(i), label="", prediction=answer, task="text", answer_text=answer,
+                        scores={k: v for k, v in score_text(answer, [ref]).items() if k in old_keys})
+                for i, (answer, ref) in enumerate(arm_answers)]
+
+    baseline = outcomes([("104", "100"), ("yes", "yes"), ("$1,234", "1234")])
+    pruned = outcomes([("110", "100"), ("yes", "yes"), ("1234", "1234")])
+    kpis = arm_kpis(pruned, [])
+    assert kpis["relaxed_accuracy"] == close(2 / 3) and kpis["relaxed_accuracy_lenient"] is None
+    comparison = compare(baseline, pruned, [], resamples=50)
+    assert comparison["relaxed_accuracy_lenient_delta"] is None and comparison["relaxed_accuracy_lenient_n"] == 0
+    assert comparison["relaxed_accuracy_delta"] == close(0.0)  # 104 right -> 110 wrong, $1,234 wrong -> 1234 right
+    verdict = budget_verdict(comparison, "relaxed_accuracy_lenient", 0.02)
+    assert verdict["drop"] is None and verdict["met"] is None
+    plan = plan_comparison(comparison, 0.02, "relaxed_accuracy_lenient")
+    assert plan["samples_needed"] is None and plan["reason"]
