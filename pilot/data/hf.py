@@ -73,19 +73,22 @@ def open_dataset(
     labels: Sequence[str] | None = None,
     no_labels: bool = False,
     name: str | None = None,
+    id_column: str | None = None,
 ) -> Dataset:
     """Open ``source`` (see the module docstring for the kinds) as a :class:`Dataset`; every problem is a
     :class:`ManifestError` naming the file (and row or line) or the id.
 
     ``task``, ``prompt_template``, ``labels`` and ``no_labels`` mean what they mean for
-    :func:`~pilot.data.manifest.load_manifest`; ``name`` defaults to the folder's name (a file's stem, a Hub id).
+    :func:`~pilot.data.manifest.load_manifest`; ``id_column`` names the column of the ids (default ``id`` if there
+    is one, else the row index; a manifest's and an imagefolder's: the image path); ``name`` defaults to the
+    folder's name (a file's stem, a Hub id).
     """
     text = os.fspath(source)
     path = Path(text)
     columns = {"image": image_column, "question": question_column, "answer": answer_column, "label": label_column}
     if path.is_file() and path.suffix.lower() in MANIFEST_SUFFIXES:
         return _open_manifest(path, columns, task=task, split=split, prompt_template=prompt_template,
-                              labels=labels, no_labels=no_labels, name=name)
+                              labels=labels, no_labels=no_labels, name=name, id_column=id_column)
     options = Options(
         columns=columns,
         default_task=dataset_task(path, task),
@@ -94,6 +97,8 @@ def open_dataset(
         declared=declared_labels(path, labels),
         no_labels=no_labels,
         name=name,
+        task_given=task is not None,
+        id_column=id_column,
     )
     if path.is_file():
         if path.suffix.lower() != ".parquet":
@@ -116,7 +121,7 @@ def open_dataset(
 
 def _open_manifest(path: Path, columns: dict[str, str], *, task: str | None, split: str | None,
                    prompt_template: str | None, labels: Sequence[str] | None, no_labels: bool,
-                   name: str | None) -> Dataset:
+                   name: str | None, id_column: str | None) -> Dataset:
     changed = [f"{OPTION_FLAGS[option]} {value!r}" for option, value in columns.items()
                if value != DEFAULT_COLUMNS[option]]
     if changed:
@@ -127,7 +132,7 @@ def _open_manifest(path: Path, columns: dict[str, str], *, task: str | None, spl
     if split is not None:
         raise ManifestError(f"{path}: --split {split!r}: a manifest has no splits; drop --split")
     return load_manifest(path, prompt_template=prompt_template, labels=labels, name=name, no_labels=no_labels,
-                         task=task)
+                         task=task, id_column=id_column)
 
 
 def _looks_like_path(text: str) -> bool:

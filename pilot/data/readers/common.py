@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pilot.data.images import EmbeddedImage, ImageError
-from pilot.data.manifest import ManifestError, RowFields, cell_text, parse_references, row_task
+from pilot.data.manifest import ManifestError, RowFields, cell_text, forgotten_task_message, parse_references, row_task
 
 if TYPE_CHECKING:  # pyarrow is imported when a dataset of its kind is opened, not with this module
     import pyarrow as pa
@@ -33,6 +33,10 @@ class Options:
     declared: tuple[str, ...] | None
     no_labels: bool
     name: str | None
+    task_given: bool = False
+    """``--task`` was given: label rows with an answer column are then meant (see ``pick_columns``)."""
+    id_column: str | None = None
+    """``--id-column``; ``None``: ``id`` if there is one, else the row index."""
 
     def explicit(self, option: str) -> bool:
         return self.columns[option] != DEFAULT_COLUMNS[option]
@@ -98,13 +102,21 @@ def pick_columns(where: str, names: Sequence[str], options: Options, *, image_de
         if options.explicit("answer"):
             raise missing("answer")
         answer = "answers" if "answers" in names else None  # manifests read both names too
+    task = "task" if "task" in names else None
+    if answer is not None and task is None and options.default_task == "label" and not options.task_given:
+        raise ManifestError(forgotten_task_message(where, answer))  # DocVQA's layout without --task text
+    item_id = "id" if "id" in names else None
+    if options.id_column is not None:
+        item_id = options.id_column.strip().lower() if normalise else options.id_column
+        if item_id not in names:
+            raise ManifestError(f"{where}: no column {item_id!r} (--id-column); columns: {columns_text(names)}")
     return Picked(
         image=image,
         question=question,
         answer=answer,
         label=label,
-        id="id" if "id" in names else None,
-        task="task" if "task" in names else None,
+        id=item_id,
+        task=task,
     )
 
 

@@ -13,20 +13,49 @@ from pilot.data.images import BytesImage, EmbeddedImage, ImageError
 from pilot.data.manifest import Dataset, ManifestError, RowFields, assemble_dataset
 from pilot.data.readers.common import Options, cell_bytes, fingerprint, pick_columns, record_fields
 
+HUB_PROBE_TIMEOUT_S = 3.0
+"""How long the Hub may take to answer one request before a Hub id fails (datasets' own retries take ~23 s)."""
+
+
+def _unreachable(dataset_id: str, reason: str) -> ManifestError:
+    return ManifestError(
+        f"{dataset_id}: no local file or folder of that name, and the machine could not reach the Hugging Face Hub "
+        f"to stream it as a dataset id ({reason}); pass a local folder (one saved with Dataset.save_to_disk, "
+        "parquet files, an imagefolder) or a .parquet file instead. On a machine without the Hub, set "
+        "HF_HUB_OFFLINE=1 so that Hugging Face libraries stop trying to reach it"
+    )
+
+
+def probe_hub(dataset_id: str, timeout_s: float = HUB_PROBE_TIMEOUT_S) -> None:
+    """One HEAD request to the Hub's endpoint (``HF_ENDPOINT``, proxies from the environment), so that an unreachable
+    Hub fails in seconds instead of after the retries of ``datasets``; any HTTP answer counts as reachable."""
+    import urllib.error
+    import urllib.request
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return  # datasets then fails at once, naming offline mode
+    try:
+        with urllib.request.urlopen(urllib.request.Request(constants.ENDPOINT, method="HEAD"), timeout=timeout_s):
+            pass
+    except urllib.error.HTTPError:
+        return  # the Hub answered (even 4xx/5xx): datasets takes it from here
+    except (OSError, ValueError) as exc:  # URLError, timeouts, refused connections, DNS failures
+        reason = getattr(exc, "reason", exc)
+        raise _unreachable(dataset_id, f"{constants.ENDPOINT}: {reason}") from exc
+
 
 def open_hub(dataset_id: str, options: Options) -> Dataset:
     import datasets
 
+    probe_hub(dataset_id)
     try:
         stream = datasets.load_dataset(dataset_id, split=options.split, streaming=True)
     except Exception as exc:  # offline, unknown id, gated, no such split: all end here, named
         reason = f"{type(exc).__name__}: {exc}"
         if isinstance(exc, ConnectionError) or "offline" in str(exc).lower():
-            raise ManifestError(
-                f"{dataset_id}: no local file or folder of that name, and the machine could not reach the Hugging "
-                f"Face Hub to stream it as a dataset id ({reason}); pass a local folder (save_to_disk, parquet "
-                "files, imagefolder) or a .parquet file instead"
-            ) from exc
+            raise _unreachable(dataset_id, reason) from exc
         raise ManifestError(
             f"{dataset_id}: no local file or folder of that name, and it cannot be streamed from the Hugging Face "
             f"Hub as a dataset id ({reason}); check the id and --split, or pass a local folder or .parquet file"

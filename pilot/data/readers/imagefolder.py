@@ -4,6 +4,7 @@ in its ``file_name`` column; the rows are read as manifest rows are."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 from pilot.data.manifest import (
@@ -12,6 +13,7 @@ from pilot.data.manifest import (
     RowFields,
     assemble_dataset,
     cell_text,
+    content_digest,
     default_id,
     manifest_references,
     parse_references,
@@ -75,7 +77,7 @@ def open_imagefolder(source: Path, metadata: Path, options: Options) -> Dataset:
                                               row.values.get(picked.answer))
             else:
                 references = ()
-            own_id = cell_text(where, "id", row.values.get("id")).strip() if picked.id else ""
+            own_id = cell_text(where, picked.id, row.values.get(picked.id)).strip() if picked.id else ""
             yield RowFields(
                 where=where,
                 position=fields.position,
@@ -88,13 +90,16 @@ def open_imagefolder(source: Path, metadata: Path, options: Options) -> Dataset:
                 references=references,
             )
 
-    return assemble_dataset(
+    built = assemble_dataset(
         source.absolute(),
         rows(),
-        sha256=fingerprint([metadata.name.encode(), data], options, picked, options.split),
+        sha256="",
         kind="imagefolder",
         prompt_template=options.prompt_template,
         declared=options.declared,
         no_labels=options.no_labels,
         name=options.name or source.absolute().name,
     )
+    # The metadata's bytes and the images' sizes and times, as for a manifest (pilot.data.manifest.content_digest).
+    images = content_digest(b"", built.items).encode()
+    return replace(built, sha256=fingerprint([metadata.name.encode(), data, images], options, picked, options.split))

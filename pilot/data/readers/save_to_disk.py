@@ -80,8 +80,9 @@ def open_saved(folder: Path, options: Options) -> Dataset:
     except (OSError, ValueError) as exc:
         raise ManifestError(f"{split_folder / 'state.json'}: cannot read the saved dataset's state ({exc})") from exc
     saved_split = state.get("_split")
-    if options.split is not None and not dict_file.is_file() and saved_split not in (None, options.split):
-        raise ManifestError(f"{folder}: holds the {saved_split!r} split, not {options.split!r}; drop --split")
+    if options.split is not None and not dict_file.is_file() and saved_split != options.split:
+        held = "one dataset saved without a split name" if saved_split is None else f"the {saved_split!r} split"
+        raise ManifestError(f"{folder}: no split {options.split!r}: the folder holds {held}; drop --split")
     try:
         dataset = datasets.load_from_disk(str(split_folder))
     except Exception as exc:  # datasets raises FileNotFoundError, ValueError, pyarrow errors
