@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 import sys
 import time
 import warnings
@@ -38,6 +39,7 @@ from pilot.metrics import SCORE_METRICS, VS_BASELINE_METRICS, budget_verdict, co
 from pilot.models import LoadedModel, load
 from pilot.plan import plan_comparison, plan_sentence
 from pilot.runner import (
+    DEFAULT_BATCH_SIZE,
     PreparedBatch,
     RunSettings,
     execute,
@@ -83,7 +85,7 @@ class TuneSettings:
     seed: int = 0
     heldout_fraction: float = 0.5
     split_seed: int = 0
-    batch_size: int = 8
+    batch_size: int = DEFAULT_BATCH_SIZE
     max_new_tokens: int | None = None  # None: each task's default (pilot.runner.TASK_MAX_NEW_TOKENS)
     device: str = "cpu"
     dtype: str = "float32"
@@ -99,6 +101,7 @@ class TuneSettings:
     question_column: str | None = None
     answer_column: str | None = None
     dataset_split: str | None = None
+    id_column: str | None = None
 
     def validate(self) -> None:
         if self.metric not in METRICS:
@@ -123,7 +126,7 @@ class TuneSettings:
             fixed.pop("no_labels", None)
         if fixed.get("warm_start"):  # likewise (the default)
             fixed.pop("warm_start", None)
-        for later in ("task", "image_column", "question_column", "answer_column", "dataset_split"):
+        for later in ("task", "image_column", "question_column", "answer_column", "dataset_split", "id_column"):
             if fixed.get(later) is None:  # added later still
                 fixed.pop(later, None)
         if fixed.get("max_new_tokens") is None:  # the per-task default: studies before it stored 4
@@ -138,7 +141,30 @@ class TuneSettings:
                            split_fraction=self.heldout_fraction, split_seed=self.split_seed,
                            no_labels=self.no_labels, task=self.task, image_column=self.image_column,
                            question_column=self.question_column, answer_column=self.answer_column,
-                           dataset_split=self.dataset_split)
+                           dataset_split=self.dataset_split, id_column=self.id_column)
+
+    def run_command(self, arms: list[str]) -> str:
+        """The ``pilot run`` line that replays ``arms`` on this study's data as the study read it: the same task,
+        split, columns, labels and settings, so that pasted as printed it scores what the study scored."""
+        flags: list[tuple[str, object]] = [
+            ("--model", self.model), ("--dataset", self.dataset), ("--task", self.task),
+            ("--split", self.dataset_split), ("--image-column", self.image_column),
+            ("--question-column", self.question_column), ("--answer-column", self.answer_column),
+            ("--id-column", self.id_column), ("--labels", ",".join(self.labels) if self.labels else None),
+            ("--prompt-template", self.prompt_template), ("--max-new-tokens", self.max_new_tokens),
+            ("--batch-size", self.batch_size if self.batch_size != DEFAULT_BATCH_SIZE else None),
+            ("--device", self.device if self.device != "cpu" else None),
+            ("--dtype", self.dtype if self.dtype != "float32" else None),
+        ]
+        words = ["pilot", "run"]
+        for flag, value in flags:
+            if value is not None:
+                words += [flag, str(value)]
+        if self.no_labels:
+            words.append("--no-labels")
+        for arm in arms:
+            words += ["--arm", arm]
+        return shlex.join(words)
 
 
 class TrialEvaluator:
@@ -475,9 +501,7 @@ def _select_and_verify(study, settings, sessions, name, db_url, loaded, log, pro
         session.commit()
     result["wall_s"] = round(time.time() - started, 1)
     if result["recommended"]:
-        result["how_to_run"] = (f"pilot run --model {settings.model} "
-                                + (f"--dataset {settings.dataset} " if settings.dataset else "")
-                                + f"--arm baseline --arm '{result['recommended']}'")
+        result["how_to_run"] = settings.run_command(["baseline", result["recommended"]])
     return result
 
 
