@@ -76,7 +76,7 @@ class RunError(RuntimeError):
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM (or SIGHUP) arrived: the run stops as at Ctrl-C, marked interrupted."""
+    """SIGTERM arrived: the run stops as at Ctrl-C, marked interrupted."""
 
     def __init__(self, signum: int):
         super().__init__(f"stopped by {signal.Signals(signum).name}")
@@ -85,9 +85,9 @@ class Terminated(KeyboardInterrupt):
 
 @contextmanager
 def stop_signals_interrupt() -> Iterator[None]:
-    """While inside, SIGTERM and SIGHUP raise :class:`Terminated` (a ``KeyboardInterrupt``) in the main thread, so
-    that the run is marked interrupted and its workers leave their claims, as at Ctrl-C. Elsewhere (a thread): a
-    no-op, since only the main thread may set signal handlers."""
+    """While inside, SIGTERM raises :class:`Terminated` (a ``KeyboardInterrupt``) in the main thread, so that the run
+    is marked interrupted and its worker leaves its claims, as at Ctrl-C. Elsewhere (a thread): a no-op, since only
+    the main thread may set signal handlers. SIGHUP is left alone: ``nohup`` ignores it on purpose."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -95,12 +95,11 @@ def stop_signals_interrupt() -> Iterator[None]:
     def interrupt(signum: int, frame: object) -> None:
         raise Terminated(signum)
 
-    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    previous = signal.signal(signal.SIGTERM, interrupt)
     try:
         yield
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        signal.signal(signal.SIGTERM, previous)
 
 
 @dataclass

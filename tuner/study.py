@@ -38,6 +38,7 @@ from sqlalchemy import select, update
 from pilot.metrics import SCORE_METRICS, VS_BASELINE_METRICS, budget_verdict, compare, metric_drop
 from pilot.models import LoadedModel, load
 from pilot.plan import plan_comparison, plan_sentence
+from pilot.progress import duration_text
 from pilot.runner import (
     DEFAULT_BATCH_SIZE,
     PreparedBatch,
@@ -391,16 +392,26 @@ def _tune(settings: TuneSettings, db_url: str | None, log: Callable[[str], None]
     drop_attr = DROP_ATTRS[settings.metric]
     drop_name = DROP_NAMES.get(settings.metric, settings.metric.replace("_", " "))
 
+    ran = [0]  # trials this invocation ran: the progress part of each trial's line (ETA from their pace)
+
+    def progress_text() -> str:
+        ran[0] += 1
+        elapsed = time.time() - searching
+        left = max(0, remaining - ran[0])
+        eta = f", ETA {duration_text(elapsed / ran[0] * left)}" if left else ""
+        return f"[{ran[0]}/{remaining}{eta}] "
+
     def report(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         attrs = trial.user_attrs
+        where = progress_text() if progress else ""
         if trial.state == optuna.trial.TrialState.COMPLETE:
             prefill = attrs.get("prefill_ratio")
-            log(f"trial {trial.number}: {attrs['strategy']}  drop {attrs[drop_attr]:+.3f} ({drop_name}), "
+            log(f"{where}trial {trial.number}: {attrs['strategy']}  drop {attrs[drop_attr]:+.3f} ({drop_name}), "
                 f"TFLOPs x{attrs['paper_tflops_ratio']:.3f}, prefill "
                 f"{'-' if prefill is None else f'x{prefill:.3f}'} (paired with baseline), "
                 f"{'feasible' if attrs['feasible'] else 'over budget'}")
         else:
-            log(f"trial {trial.number}: {attrs.get('strategy')}  {trial.state.name.lower()} "
+            log(f"{where}trial {trial.number}: {attrs.get('strategy')}  {trial.state.name.lower()} "
                 f"after {attrs.get('evaluated_samples', 0)} samples")
 
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
