@@ -38,7 +38,7 @@ def _dataset_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", help="Hugging Face dataset: the split to read (e.g. test)")
     parser.add_argument("--id-column", help="the column of the sample ids, e.g. questionId (default: id if there is "
                                             "one, else the row index; a manifest's: the image path)")
-    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+    parser.add_argument("--batch-size", type=int,  # None: a study file's, else DEFAULT_BATCH_SIZE
                         help=f"samples per batch (default {DEFAULT_BATCH_SIZE}, in run and tune alike)")
 
 
@@ -85,8 +85,6 @@ def _run(args: argparse.Namespace) -> int:
                  "no_labels": args.no_labels or None, "controls": args.controls, "task": args.task,
                  "image_column": args.image_column, "question_column": args.question_column,
                  "answer_column": args.answer_column, "dataset_split": args.split, "id_column": args.id_column}
-    if args.batch_size == DEFAULT_BATCH_SIZE and "batch_size" in data:
-        overrides["batch_size"] = None  # the flag's default: the study file's batch size wins
     data.update({key: value for key, value in overrides.items() if value is not None})
     settings = RunSettings.from_dict(data, args.study or "flags")
     try:
@@ -174,7 +172,8 @@ def _tune(args: argparse.Namespace) -> int:
         model=args.model or "demo", dataset=args.dataset, labels=args.labels.split(",") if args.labels else None,
         metric=args.metric, max_drop=args.max_drop, objective=args.objective, mode=args.mode,
         multi_objective=args.multi_objective, trials=args.trials, timeout_s=args.timeout, study=args.study,
-        seed=args.seed, heldout_fraction=args.heldout_fraction, batch_size=args.batch_size, device=args.device,
+        seed=args.seed, heldout_fraction=args.heldout_fraction, device=args.device,
+        batch_size=DEFAULT_BATCH_SIZE if args.batch_size is None else args.batch_size,
         dtype=args.dtype, limit=args.limit, max_new_tokens=args.max_new_tokens, no_labels=args.no_labels,
         task=args.task, image_column=args.image_column, question_column=args.question_column,
         answer_column=args.answer_column, dataset_split=args.split, id_column=args.id_column,

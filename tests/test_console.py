@@ -128,9 +128,12 @@ def test_progress_shows_on_a_terminal_and_in_logs_and_no_download_bars(tmp_path,
     from tuner.study import TuneSettings
 
     assert seen["batch_size"] == DEFAULT_BATCH_SIZE == RunSettings().batch_size == TuneSettings().batch_size
-    parser = cli.build_parser()
-    assert parser.parse_args(["tune"]).batch_size == parser.parse_args(["run"]).batch_size == DEFAULT_BATCH_SIZE
     assert cli.DEFAULT_BATCH_SIZE == DEFAULT_BATCH_SIZE
+    parser = cli.build_parser()
+    for command in ("run", "tune"):
+        sub = parser._subparsers._group_actions[0].choices[command]
+        assert f"samples per batch (default {DEFAULT_BATCH_SIZE}, in run and tune alike)" in " ".join(
+            sub.format_help().split())
 
 
 def test_progress_is_a_log_line_every_30_s_when_stderr_is_not_a_terminal():
