@@ -179,7 +179,12 @@ def _tune(args: argparse.Namespace) -> int:
         answer_column=args.answer_column, dataset_split=args.split, id_column=args.id_column,
         prompt_template=args.prompt_template,
     )
-    result = tune(settings, db_url=args.db, progress=True, verbose=args.verbose)
+    try:
+        result = tune(settings, db_url=args.db, progress=True, verbose=args.verbose)
+    except KeyboardInterrupt as interrupt:  # Ctrl-C or SIGTERM: a rerun resumes the study
+        print(f"pilot tune: stopped ({interrupt or 'Ctrl-C'}); rerun the same command to resume the study",
+              file=sys.stderr)
+        return 128 + getattr(interrupt, "signum", 2)
     if args.json:
         print(json.dumps(result))
         return 0

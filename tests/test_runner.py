@@ -204,6 +204,21 @@ def test_sigterm_marks_the_run_interrupted_like_ctrl_c(checkpoint, long_manifest
         assert {w.outcome for w in session.scalars(select(db.Worker))} == {"interrupted"}
 
 
+def test_sigterm_stops_pilot_tune_as_ctrl_c_does(checkpoint, long_manifest, tmp_path):
+    url = f"sqlite:///{tmp_path / 't.db'}"
+    process = subprocess.Popen([sys.executable, "-m", "pilot.cli", "tune", "--model", str(checkpoint), "--dataset",
+                                str(long_manifest), "--labels", ",".join(synthetic.LABELS), "--batch-size", "1",
+                                "--trials", "50", "--db", url], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    _wait_for_results(url, 2, process)  # the tuning split's baseline run is under way
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    assert "rerun the same command to resume the study" in stderr
+    with open_store(url)() as session:
+        assert session.scalars(select(db.Run)).one().status == "interrupted"
+
+
 def _dataset_copy(manifest, folder):
     shutil.copytree(manifest.parent, folder)
     return folder / manifest.name

@@ -49,6 +49,7 @@ from pilot.runner import (
     prepare_batch,
     run_arm_batch,
     select_items,
+    stop_signals_interrupt,
 )
 from pilot.store import get_or_create, normalise_url, open_store, schema_lock, with_retries
 from pilot.store import models as db
@@ -274,14 +275,16 @@ def tune(settings: TuneSettings, *, db_url: str | None = None, log: Callable[[st
          progress: bool = True, verbose: bool = False) -> dict:
     """Run (or resume) the study, then verify candidates on held-out data. Returns the result dict.
 
-    Optuna's own per-trial INFO lines are off unless ``verbose`` (our ``log`` lines say the same, shorter)."""
+    Optuna's own per-trial INFO lines are off unless ``verbose`` (our ``log`` lines say the same, shorter). SIGTERM
+    stops it as Ctrl-C does (``pilot.runner.Terminated``): the trial in progress is failed, a rerun resumes."""
     log = log or (lambda message: print(message, file=sys.stderr))
     settings.validate()
     previous = optuna.logging.get_verbosity()
     if not verbose:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        return _tune(settings, db_url, log, progress)
+        with stop_signals_interrupt():
+            return _tune(settings, db_url, log, progress)
     finally:
         optuna.logging.set_verbosity(previous)
 
