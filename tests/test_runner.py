@@ -248,14 +248,14 @@ def test_changed_data_is_a_new_run_and_a_named_run_on_it_is_refused(checkpoint, 
         execute(settings(checkpoint, copy, max_error_rate=0.1), db_url=url, progress=False, name=report["name"])
 
 
-def test_rerunning_retries_the_samples_that_failed(checkpoint, manifest, tmp_path):
+def test_rerunning_retries_the_samples_that_failed(checkpoint, manifest, tmp_path, fresh_db_url):
     """The same data again (a passing fault: here a file unreadable for a while, its size and time restored)."""
     copy = _dataset_copy(manifest, tmp_path / "data")
     image = sorted((tmp_path / "data" / "images").glob("*.png"))[2]
     data, stat = image.read_bytes(), image.stat()
     image.write_bytes(b"\0" * len(data))
     os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    url = f"sqlite:///{tmp_path / 'p.db'}"
+    url = fresh_db_url
     first = execute(settings(checkpoint, copy, max_error_rate=0.5), db_url=url, progress=False, name="pilot-r")
     assert first["n_errors"] == 3 and all(arm["n"] == 7 for arm in first["arms"])
     image.write_bytes(data)
