@@ -407,6 +407,27 @@ def test_manifests_pass_through(tmp_path):
     message(manifest, "no splits", split="train")
 
 
+def test_a_name_lookup_that_hangs_fails_within_the_probe_timeout(monkeypatch):
+    import threading
+    import time
+
+    import huggingface_hub.constants
+
+    from pilot.data.readers.hub import probe_hub
+
+    release = threading.Event()
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "https://hub.invalid")
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: release.wait(30) and [])  # a resolver that hangs
+    for proxy in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(proxy, raising=False)
+    started = time.perf_counter()
+    with pytest.raises(ManifestError, match="no answer within 0.5 s"):
+        probe_hub("acme/parts", timeout_s=0.5)
+    assert time.perf_counter() - started < 2
+    release.set()
+
+
 # -- the document-QA defects a new user met (issue 24) -----------------------------------------------------
 
 

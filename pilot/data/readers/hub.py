@@ -28,7 +28,11 @@ def _unreachable(dataset_id: str, reason: str) -> ManifestError:
 
 def probe_hub(dataset_id: str, timeout_s: float = HUB_PROBE_TIMEOUT_S) -> None:
     """One HEAD request to the Hub's endpoint (``HF_ENDPOINT``, proxies from the environment), so that an unreachable
-    Hub fails in seconds instead of after the retries of ``datasets``; any HTTP answer counts as reachable."""
+    Hub fails in seconds instead of after the retries of ``datasets``; any HTTP answer counts as reachable.
+
+    The request runs in a daemon thread waited on for ``timeout_s``: the socket timeout does not bound a name
+    lookup, which a broken resolver can hold for much longer."""
+    import threading
     import urllib.error
     import urllib.request
 
@@ -36,14 +40,26 @@ def probe_hub(dataset_id: str, timeout_s: float = HUB_PROBE_TIMEOUT_S) -> None:
 
     if constants.HF_HUB_OFFLINE:
         return  # datasets then fails at once, naming offline mode
-    try:
-        with urllib.request.urlopen(urllib.request.Request(constants.ENDPOINT, method="HEAD"), timeout=timeout_s):
-            pass
-    except urllib.error.HTTPError:
-        return  # the Hub answered (even 4xx/5xx): datasets takes it from here
-    except (OSError, ValueError) as exc:  # URLError, timeouts, refused connections, DNS failures
-        reason = getattr(exc, "reason", exc)
-        raise _unreachable(dataset_id, f"{constants.ENDPOINT}: {reason}") from exc
+    endpoint = constants.ENDPOINT
+    outcome: list[BaseException | None] = []
+
+    def request() -> None:
+        try:
+            with urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=timeout_s):
+                pass
+            outcome.append(None)
+        except urllib.error.HTTPError:
+            outcome.append(None)  # the Hub answered (even 4xx/5xx): datasets takes it from here
+        except (OSError, ValueError) as exc:  # URLError, timeouts, refused connections, DNS failures
+            outcome.append(exc)
+
+    probe = threading.Thread(target=request, name="hub-probe", daemon=True)
+    probe.start()
+    probe.join(timeout_s)
+    if not outcome:
+        raise _unreachable(dataset_id, f"{endpoint}: no answer within {timeout_s:g} s")
+    if outcome[0] is not None:
+        raise _unreachable(dataset_id, f"{endpoint}: {getattr(outcome[0], 'reason', outcome[0])}") from outcome[0]
 
 
 def open_hub(dataset_id: str, options: Options) -> Dataset:
