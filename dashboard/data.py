@@ -260,5 +260,5 @@ def image_paths(manifest_path: str | None, labels: Sequence[str] | None = None,
 def dataset_options(settings: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
     """The run's dataset options (``pilot.runner.RunSettings``) as ``image_paths`` takes them (hashable)."""
     names = {"task": "task", "image_column": "image_column", "question_column": "question_column",
-             "answer_column": "answer_column", "dataset_split": "split"}
+             "answer_column": "answer_column", "dataset_split": "split", "id_column": "id_column"}
     return tuple((option, settings[key]) for key, option in names.items() if settings.get(key))

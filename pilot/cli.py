@@ -1,4 +1,9 @@
-"""The ``pilot`` command. Each subcommand parses its flags here and calls the module that does the work."""
+"""The ``pilot`` command. Each subcommand parses its flags here and calls the module that does the work.
+
+Light on purpose: this module imports no torch, transformers or datasets, and each command imports what it needs
+when it runs, so that ``pilot report``, ``plan``, ``runs``, ``db``, ``--help`` and a mistyped command answer in a
+fraction of a second (``tests/test_console.py`` holds them to it).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,13 @@ from pathlib import Path
 METRIC_CHOICES = ["f1", "f1_macro", "accuracy", "agreement", "exact_match", "anls", "token_f1", "relaxed_accuracy",
                   "relaxed_accuracy_lenient", "field_f1", "field_precision", "field_recall", "anls_vs_baseline",
                   "token_f1_vs_baseline"]
+DEFAULT_BATCH_SIZE = 8  # pilot.runner.DEFAULT_BATCH_SIZE, here without importing the runner (it imports torch)
+FAMILIES = ("LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, Qwen2.5-VL, Qwen3-VL (and MoE), Gemma 3, InternVL, "
+            "Mistral 3 / Pixtral, SmolVLM, Idefics3")
+DESCRIPTION = ("Pilot TransPrune (training-free visual-token pruning inside the language model) on your own images "
+               "and vision-language model: A/B replay of the baseline and pruned arms with confidence intervals, "
+               "a tuner for the cheapest schedule within an accuracy budget, a dashboard and an OpenAI-compatible "
+               f"server. Model families: {FAMILIES}.")
 METRIC_HELP = ("the budget's metric: f1/accuracy (labels), anls, exact_match, token_f1, relaxed_accuracy, "
                "relaxed_accuracy_lenient, field_f1 "
                "(open-ended answers against references), agreement or anls_vs_baseline / token_f1_vs_baseline "
@@ -20,11 +32,16 @@ METRIC_HELP = ("the budget's metric: f1/accuracy (labels), anls, exact_match, to
 
 def _dataset_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", choices=["label", "text", "json"],
-                        help="every row's task (default: the manifest's task column, else label)")
+                        help="every row's task (default: the manifest's task column, else label; a label task "
+                             "refuses an answer/answers column unless --task label is given)")
     parser.add_argument("--image-column", help="Hugging Face dataset: the image column (default image)")
     parser.add_argument("--question-column", help="Hugging Face dataset: the question column (default question)")
     parser.add_argument("--answer-column", help="Hugging Face dataset: the reference answers (default answer)")
     parser.add_argument("--split", help="Hugging Face dataset: the split to read (e.g. test)")
+    parser.add_argument("--id-column", help="the column of the sample ids, e.g. questionId (default: id if there is "
+                                            "one, else the row index; a manifest's: the image path)")
+    parser.add_argument("--batch-size", type=int,  # None: a study file's, else DEFAULT_BATCH_SIZE
+                        help=f"samples per batch (default {DEFAULT_BATCH_SIZE}, in run and tune alike)")
 
 
 def _flops(args: argparse.Namespace) -> int:
@@ -69,14 +86,14 @@ def _run(args: argparse.Namespace) -> int:
                  "labels": args.labels.split(",") if args.labels else None, "prompt_template": args.prompt_template,
                  "no_labels": args.no_labels or None, "controls": args.controls, "task": args.task,
                  "image_column": args.image_column, "question_column": args.question_column,
-                 "answer_column": args.answer_column, "dataset_split": args.split}
+                 "answer_column": args.answer_column, "dataset_split": args.split, "id_column": args.id_column}
     data.update({key: value for key, value in overrides.items() if value is not None})
     settings = RunSettings.from_dict(data, args.study or "flags")
     try:
-        report = execute(settings, db_url=args.db, name=name, resume=args.resume,
-                         progress=not args.json and sys.stderr.isatty())
-    except KeyboardInterrupt:
-        return 130
+        # Progress on stderr: a bar on a terminal, else a line every 30 s (nohup, Slurm, CI logs).
+        report = execute(settings, db_url=args.db, name=name, resume=args.resume, progress=True)
+    except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM (pilot.runner.Terminated): the shell's codes
+        return 128 + getattr(interrupt, "signum", 2)
     print(json.dumps(report) if args.json else format_report(report))
     return 0
 
@@ -157,12 +174,19 @@ def _tune(args: argparse.Namespace) -> int:
         model=args.model or "demo", dataset=args.dataset, labels=args.labels.split(",") if args.labels else None,
         metric=args.metric, max_drop=args.max_drop, objective=args.objective, mode=args.mode,
         multi_objective=args.multi_objective, trials=args.trials, timeout_s=args.timeout, study=args.study,
-        seed=args.seed, heldout_fraction=args.heldout_fraction, batch_size=args.batch_size, device=args.device,
+        seed=args.seed, heldout_fraction=args.heldout_fraction, device=args.device,
+        batch_size=DEFAULT_BATCH_SIZE if args.batch_size is None else args.batch_size,
         dtype=args.dtype, limit=args.limit, max_new_tokens=args.max_new_tokens, no_labels=args.no_labels,
         task=args.task, image_column=args.image_column, question_column=args.question_column,
-        answer_column=args.answer_column, dataset_split=args.split,
+        answer_column=args.answer_column, dataset_split=args.split, id_column=args.id_column,
+        prompt_template=args.prompt_template,
     )
-    result = tune(settings, db_url=args.db, progress=not args.json and sys.stderr.isatty(), verbose=args.verbose)
+    try:
+        result = tune(settings, db_url=args.db, progress=True, verbose=args.verbose)
+    except KeyboardInterrupt as interrupt:  # Ctrl-C or SIGTERM: a rerun resumes the study
+        print(f"pilot tune: stopped ({interrupt or 'Ctrl-C'}); rerun the same command to resume the study",
+              file=sys.stderr)
+        return 128 + getattr(interrupt, "signum", 2)
     if args.json:
         print(json.dumps(result))
         return 0
@@ -356,7 +380,7 @@ def _review_parser(commands) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pilot", description="Pilot TransPrune on your own LLaVA workload.")
+    parser = argparse.ArgumentParser(prog="pilot", description=DESCRIPTION)
     commands = parser.add_subparsers(dest="command", required=True)
 
     flops = commands.add_parser("flops", help="TFLOPs of a strategy for a model config (paper and full prefill)")
@@ -374,8 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="replay a dataset through the baseline and pruned arms")
     run.add_argument("study", nargs="?", help="YAML study file with the same settings (flags override it)")
-    run.add_argument("--model", help="local checkpoint folder: LLaVA-1.5, LLaVA-NeXT, Qwen2.5-VL, Qwen3-VL "
-                                     "(default: the embedded demo)")
+    run.add_argument("--model", help=f"local checkpoint folder of a supported family ({FAMILIES}) (default: the "
+                                     "embedded demo)")
     run.add_argument("--dataset", help="manifest.csv / .jsonl, a Hugging Face dataset (save_to_disk folder, "
                                        "parquet file or folder, imagefolder with metadata.jsonl, hub id) "
                                        "(default: the demo dataset)")
@@ -384,7 +408,6 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--name", help="run name (rerunning a name resumes it)")
     run.add_argument("--resume", metavar="RUN", help="finish an interrupted run (id or name)")
     run.add_argument("--limit", type=int, help="first N samples only")
-    run.add_argument("--batch-size", type=int)
     run.add_argument("--device", help="cpu or cuda")
     run.add_argument("--dtype", help="float32, bfloat16 or float16")
     run.add_argument("--max-new-tokens", type=int,
@@ -393,7 +416,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--labels", help="declared label set, comma separated (default: inferred)")
     run.add_argument("--prompt-template", help="question for rows without one; {labels} is replaced")
     run.add_argument("--no-labels", action="store_true",
-                     help="ignore the manifest's labels: compare arms with the baseline's answers (agreement)")
+                     help="ignore the dataset's labels and reference answers: compare arms with the baseline's "
+                          "answers (agreement; open-ended tasks: anls_vs_baseline), as the label-free tuner does")
     run.add_argument("--controls", choices=["matched"],
                      help="matched: add FastV, PDrop, DivPrune, random and pooling arms at each TransPrune arm's "
                           "paper TFLOPs (within 1%%; pooling at its nearest factor, marked)")
@@ -439,10 +463,12 @@ def build_parser() -> argparse.ArgumentParser:
     tune_parser.add_argument("--dataset", help="manifest or Hugging Face dataset (default: the demo dataset)")
     _dataset_flags(tune_parser)
     tune_parser.add_argument("--labels", help="declared label set, comma separated")
+    tune_parser.add_argument("--prompt-template", help="question for rows without one; {labels} is replaced")
     tune_parser.add_argument("--metric", default="f1_macro", choices=[m for m in METRIC_CHOICES if m != "f1"],
                              help=METRIC_HELP)
     tune_parser.add_argument("--no-labels", action="store_true",
-                             help="ignore the manifest's labels (the budget is then --metric agreement)")
+                             help="ignore the dataset's labels and reference answers (the budget is then --metric "
+                                  "agreement, or anls_vs_baseline / token_f1_vs_baseline for open-ended answers)")
     tune_parser.add_argument("--max-drop", type=float, default=0.01, help="budget: largest allowed drop (0.01 = 1 pt)")
     tune_parser.add_argument("--objective", default="tflops", choices=["tflops", "latency"])
     tune_parser.add_argument("--mode", default="ratio", choices=["ratio", "mass"],
@@ -453,7 +479,6 @@ def build_parser() -> argparse.ArgumentParser:
     tune_parser.add_argument("--study", help="study name (workers pointing at one DB share it)")
     tune_parser.add_argument("--seed", type=int, default=0)
     tune_parser.add_argument("--heldout-fraction", type=float, default=0.5)
-    tune_parser.add_argument("--batch-size", type=int, default=8)
     tune_parser.add_argument("--max-new-tokens", type=int, help="default per task: label 4, text 32, json 256")
     tune_parser.add_argument("--limit", type=int, help="first N samples of each split part")
     tune_parser.add_argument("--device", default="cpu")

@@ -279,10 +279,18 @@ def _generation_columns() -> list[tuple[str, _Cell]]:
 
 def budget_metric(arms: Sequence[dict], metric: str) -> str:
     """``metric``, or what this run can give a verdict on when it is a label KPI and the run has no labels: ANLS
-    against references, else ANLS to the baseline's open-ended answers, else the share of changed answers."""
-    from pilot.metrics import metric_key
+    against references, else ANLS to the baseline's open-ended answers, else the share of changed answers. A score
+    against references (``anls``, ``token_f1``, ...) on a run without them (``--no-labels``, as the label-free
+    tuner) becomes its similarity to the baseline's answers, as ``pilot tune --no-labels`` requires."""
+    from pilot.metrics import SCORE_METRICS, metric_key
 
-    if not labelled_none(arms) or metric_key(metric) not in ("f1", "accuracy"):
+    key = metric_key(metric)
+    if key in SCORE_METRICS and not any(a.get(key) is not None for a in arms):
+        similar = "token_f1_vs_baseline" if key == "token_f1" else "anls_vs_baseline"
+        if any((a.get("vs_baseline") or {}).get(similar) is not None for a in arms):
+            return similar
+        return "agreement"
+    if not labelled_none(arms) or key not in ("f1", "accuracy"):
         return metric
     if any(a.get("anls") is not None for a in arms):
         return "anls"
@@ -448,7 +456,24 @@ def format_report(report: dict, max_drop: float | None = 0.01, metric: str = "f1
     legend = _legend(arms)
     if legend:
         lines += ["", *legend]
+    lines += format_errors(report)
     return "\n".join(lines) + "\n"
+
+
+def format_errors(report: dict) -> list[str]:
+    """The run's failed results by message (``errors`` of :func:`pilot.summaries.build_report`), or nothing."""
+    total = report.get("n_errors") or 0
+    if not total:
+        return []
+    listed = report.get("errors") or []
+    lines = ["", f"Errors: {total:,} failed result{'s' if total != 1 else ''} (not in the figures above)"
+                 + (f"; the {len(listed)} most frequent messages" if len(listed) > 1 else "")]
+    for entry in listed:
+        samples = ", ".join(entry["sample_ids"]) + (", ..." if entry["count"] > len(entry["sample_ids"]) * len(
+            entry["arms"]) else "")
+        lines.append(f"  {entry['count']:>5} x {entry['message']}")
+        lines.append(f"          arms: {', '.join(entry['arms'])}; samples: {samples}")
+    return lines
 
 
 def _matched_groups(report: dict) -> list[str]:

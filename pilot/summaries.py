@@ -17,6 +17,8 @@ from pilot.review import review_summary
 from pilot.store import models as db
 
 BASELINE = "baseline"
+ERROR_MESSAGES_SHOWN = 5
+"""Distinct error messages a report lists (most frequent first); ``n_errors`` counts them all."""
 
 
 def outcomes(session: Session, arm_id: int) -> list[Outcome]:
@@ -122,7 +124,27 @@ def build_report(session: Session, run_id: int) -> dict:
         "arms": arms, "workers": workers(session, run.id), **_latency_note(session, run.id),
         "matched_to": run.settings.get("matched_to") or {},  # control arm -> its TransPrune arm (--controls)
         "review": review_summary(session, run),  # blind human review (pilot.review); None without review tasks
+        **error_messages(session, run),
     }
+
+
+def error_messages(session: Session, run: db.Run, shown: int = ERROR_MESSAGES_SHOWN) -> dict:
+    """``n_errors`` (failed results, all arms) and ``errors``: the ``shown`` most frequent messages, each with its
+    ``count``, the ``arms`` it occurred in and up to three ``sample_ids``."""
+    rows = session.execute(select(db.SampleResult.error, db.Arm.name, db.SampleResult.sample_id)
+                           .join(db.Arm, db.Arm.id == db.SampleResult.arm_id)
+                           .where(db.Arm.run_id == run.id, db.SampleResult.error.is_not(None))
+                           .order_by(db.Arm.position, db.SampleResult.id)).all()
+    by_message: dict[str, dict] = {}
+    for message, arm, sample_id in rows:
+        entry = by_message.setdefault(message, {"message": message, "count": 0, "arms": [], "sample_ids": []})
+        entry["count"] += 1
+        if arm not in entry["arms"]:
+            entry["arms"].append(arm)
+        if len(entry["sample_ids"]) < 3 and sample_id not in entry["sample_ids"]:
+            entry["sample_ids"].append(sample_id)
+    ranked = sorted(by_message.values(), key=lambda entry: -entry["count"])  # stable: first seen first on ties
+    return {"n_errors": len(rows), "errors": ranked[:shown]}
 
 
 def workers(session: Session, run_id: int) -> list[dict]:

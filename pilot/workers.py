@@ -245,6 +245,40 @@ def plan_batches(sessions: sessionmaker[Session], run_id: int, batches: list[lis
     return with_retries(unit)
 
 
+def reopen_failed_batches(sessions: sessionmaker[Session], run_id: int, arm_ids: list[int],
+                          lease_s: float = DEFAULT_LEASE_S) -> int:
+    """Mark undone the done batches holding a failed (arm, sample), so that this rerun retries them; returns how many.
+
+    Only when no other worker of the run is alive (one that is would be retrying its own failures again); a
+    completed run goes back to pending, so that its summaries are written again once the retries are stored.
+    """
+
+    def unit() -> int:
+        with sessions() as session:
+            run = _lock_run(session, run_id)
+            now = _now(session)
+            alive = session.scalar(select(func.count()).select_from(db.Worker).where(
+                db.Worker.run_id == run_id, db.Worker.finished_at.is_(None),
+                db.Worker.heartbeat_at > now - timedelta(seconds=lease_s)))
+            failed = set(session.scalars(select(db.SampleResult.sample_id).where(
+                db.SampleResult.arm_id.in_(arm_ids), db.SampleResult.error.is_not(None))))
+            if alive or not failed:
+                session.rollback()
+                return 0
+            reopened = 0
+            for batch in session.scalars(select(db.RunBatch).where(db.RunBatch.run_id == run_id,
+                                                                   db.RunBatch.done_at.is_not(None))):
+                if failed.intersection(batch.sample_ids):
+                    batch.done_at, batch.worker_id, batch.lease_expires_at = None, None, None
+                    reopened += 1
+            if reopened and run.status == "completed":
+                run.status, run.finished_at = "pending", None
+            session.commit()
+            return reopened
+
+    return with_retries(unit)
+
+
 def start_run(sessions: sessionmaker[Session], run_id: int) -> None:
     """Mark the run running, unless nothing is left (another worker may have completed it meanwhile)."""
 

@@ -102,26 +102,93 @@ def test_pilot_plan_prints_each_arms_samples_needed(tmp_path, capsys):
     assert "met with confidence" in capsys.readouterr().out
 
 
-def test_progress_bars_only_on_a_terminal_and_no_download_bars(tmp_path, monkeypatch):
+def test_progress_shows_on_a_terminal_and_in_logs_and_no_download_bars(tmp_path, monkeypatch):
     import pilot.runner
 
     seen = {}
 
     def fake_execute(settings, **kwargs):
         seen["progress"] = kwargs["progress"]
+        seen["batch_size"] = settings.batch_size
         raise KeyboardInterrupt  # stop before any work: `pilot run` returns 130
 
     monkeypatch.setattr(pilot.runner, "execute", fake_execute)
     monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
-    for tty in (False, True):
+    for tty in (False, True):  # under nohup too (it was silent for 8 minutes): pilot.progress picks bar or lines
         stream = io.StringIO()
         stream.isatty = lambda tty=tty: tty
         monkeypatch.setattr("sys.stderr", stream)
         assert cli.main(["run", "--db", f"sqlite:///{tmp_path / 'x.db'}"]) == 130
-        assert seen["progress"] is tty
+        assert seen["progress"] is True
     import os
 
     assert os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1"
+    # run and tune batch alike, and say so
+    from pilot.runner import DEFAULT_BATCH_SIZE, RunSettings
+    from tuner.study import TuneSettings
+
+    assert seen["batch_size"] == DEFAULT_BATCH_SIZE == RunSettings().batch_size == TuneSettings().batch_size
+    assert cli.DEFAULT_BATCH_SIZE == DEFAULT_BATCH_SIZE
+    parser = cli.build_parser()
+    for command in ("run", "tune"):
+        sub = parser._subparsers._group_actions[0].choices[command]
+        assert f"samples per batch (default {DEFAULT_BATCH_SIZE}, in run and tune alike)" in " ".join(
+            sub.format_help().split())
+
+
+def test_progress_is_a_log_line_every_30_s_when_stderr_is_not_a_terminal():
+    from pilot.progress import Progress
+
+    now = [0.0]
+    lines = []
+    pipe = io.StringIO()  # not a terminal
+    progress = Progress(400, label="run 3", log=lines.append, stream=pipe, clock=lambda: now[0])
+    for _ in range(4):
+        now[0] += 10
+        progress.update(20)
+    assert lines == ["run 3: 60/400 results (15%), 2.00 results/s, ETA 2 min 50 s"]  # at 30 s, not at 10 or 20
+    now[0] += 160
+    progress.update(320)
+    progress.close()
+    assert lines[-1] == "run 3: 400/400 results (100%), 2.00 results/s, took 3 min 20 s"
+    assert pipe.getvalue() == ""  # no bar drawn into a log file
+
+    terminal = io.StringIO()
+    terminal.isatty = lambda: True
+    lines.clear()
+    with Progress(10, label="run 3", log=lines.append, stream=terminal) as bar:
+        bar.update(10)
+    assert lines == [] and "10/10" in terminal.getvalue()  # the tqdm bar
+    quiet = Progress(10, label="run 3", log=lines.append, stream=pipe, enabled=False)
+    quiet.update(10)
+    quiet.close()
+    assert lines == []
+
+
+def test_help_describes_every_family():
+    text = cli.build_parser().format_help()
+    assert "LLaVA workload" not in text
+    for family in ("LLaVA-1.5", "LLaVA-NeXT", "LLaVA-OneVision", "Qwen2.5-VL", "Qwen3-VL", "Gemma 3", "InternVL",
+                   "Mistral 3", "SmolVLM", "Idefics3"):
+        assert family in " ".join(text.split()), family
+
+
+def test_commands_without_a_model_do_not_import_torch(tmp_path):
+    """`pilot report/plan/runs/db`, --help and a typo answer without importing torch (6 s of a typo's 6 s)."""
+    import subprocess
+    import sys
+
+    url = f"sqlite:///{tmp_path / 'light.db'}"
+    _store_with_a_run(url)
+    heavy = ("torch", "transformers", "datasets", "PIL")
+    for args in (["report", "1", "--db", url], ["report", "1", "--db", url, "--json"],
+                 ["plan", "1", "--max-drop", "0.05", "--db", url], ["runs", "--db", url],
+                 ["db", "upgrade", "--db", url],
+                 ["--help"], ["repor", "1"], ["run", "--help"], ["tune", "--help"]):
+        code = (f"import sys\nfrom pilot.cli import main\ntry:\n    main({args!r})\nexcept SystemExit:\n    pass\n"
+                f"print([m for m in {heavy!r} if m in sys.modules], file=sys.stderr)")
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert done.stderr.strip().splitlines()[-1] == "[]", (args, done.stderr[-2000:])
 
 
 def test_optuna_info_lines_are_off_unless_verbose(monkeypatch):

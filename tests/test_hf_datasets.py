@@ -107,7 +107,8 @@ def test_save_to_disk_dataset_dict_needs_a_split(tmp_path):
     assert [i.references for i in ds.items] == [("u",), ("v",)]
     assert [pixel(i) for i in ds.items] == [(1, 2, 3), (4, 5, 6)]
     assert len(open_dataset(tmp_path / "dd", split="train", task="text")) == 4
-    assert open_dataset(tmp_path / "dd", split="train").sha256 != open_dataset(tmp_path / "dd", split="test").sha256
+    assert open_dataset(tmp_path / "dd", split="train", task="text").sha256 \
+        != open_dataset(tmp_path / "dd", split="test", task="text").sha256
 
 
 def test_class_label_column_gives_names_and_label_set(tmp_path):
@@ -314,11 +315,11 @@ def test_missing_columns_are_named_with_the_columns_there_are(tmp_path):
     assert "--prompt-template" in text
     message(source, "no column 'picture' (--image-column)", "columns: image, query, answers",
             image_column="picture")
-    message(source, "no column 'cls' (--label-column)", label_column="cls", question_column="query")
+    message(source, "no column 'cls' (--label-column)", label_column="cls", question_column="query", task="text")
     message(source, "no column 'gold' (--answer-column)", answer_column="gold", question_column="query")
     ds = open_dataset(source, question_column="query", task="text")
     assert ds.items[0].question == "What?" and ds.items[0].references == ("x",)
-    assert open_dataset(source, prompt_template="Describe.").items[0].question == "Describe."
+    assert open_dataset(source, prompt_template="Describe.", task="text").items[0].question == "Describe."
 
 
 def test_image_column_of_the_wrong_type(tmp_path):
@@ -338,7 +339,28 @@ def test_hub_id_offline_fails_clearly(monkeypatch):
         raise AssertionError("the test tried to reach the network")
 
     monkeypatch.setattr(socket, "getaddrinfo", no_network)
-    message("acme/parts-inspection", "acme/parts-inspection", "could not reach", "local folder", split="train")
+    message("acme/parts-inspection", "acme/parts-inspection", "could not reach", "local folder", "save_to_disk",
+            "HF_HUB_OFFLINE", split="train")
+
+
+def test_hub_id_fails_fast_when_the_hub_cannot_be_reached(monkeypatch):
+    """Without HF_HUB_OFFLINE an unreachable Hub took ~23 s of datasets' retries; one probe now fails in seconds."""
+    import time
+
+    import huggingface_hub.constants
+
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))  # a port nothing listens on: connections are refused at once
+    port = closed.getsockname()[1]
+    closed.close()
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: pytest.fail("probed first, never retried"))
+    for proxy in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(proxy, raising=False)
+    started = time.perf_counter()
+    message("acme/parts-inspection", "could not reach", f"127.0.0.1:{port}", "HF_HUB_OFFLINE", "save_to_disk")
+    assert time.perf_counter() - started < 5
 
 
 def test_hub_stream_when_reachable(monkeypatch):
@@ -351,6 +373,7 @@ def test_hub_stream_when_reachable(monkeypatch):
         return datasets.IterableDatasetDict({"validation": stream}) if split is None else stream
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    monkeypatch.setattr("pilot.data.readers.hub.probe_hub", lambda dataset_id: None)  # the Hub "answers"
     ds = open_dataset("acme/parts", task="text")
     assert calls == [("acme/parts", None, True)]
     assert ds.kind == "hub" and ds.name == "acme/parts" and len(ds) == 3
@@ -382,3 +405,70 @@ def test_manifests_pass_through(tmp_path):
     assert ds.kind == "jsonl" and ds.items[0].references == ("red",)
     message(manifest, "--question-column 'query'", "fixed", question_column="query")
     message(manifest, "no splits", split="train")
+
+
+def test_a_name_lookup_that_hangs_fails_within_the_probe_timeout(monkeypatch):
+    import threading
+    import time
+
+    import huggingface_hub.constants
+
+    from pilot.data.readers.hub import probe_hub
+
+    release = threading.Event()
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "https://hub.invalid")
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: release.wait(30) and [])  # a resolver that hangs
+    for proxy in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(proxy, raising=False)
+    started = time.perf_counter()
+    with pytest.raises(ManifestError, match="no answer within 0.5 s"):
+        probe_hub("acme/parts", timeout_s=0.5)
+    assert time.perf_counter() - started < 2
+    release.set()
+
+
+# -- the document-QA defects a new user met (issue 24) -----------------------------------------------------
+
+
+def test_a_split_a_saved_dataset_does_not_have_is_refused(tmp_path):
+    hf_dataset(3).save_to_disk(tmp_path / "plain")  # Dataset.from_dict: saved without a split name
+    message(tmp_path / "plain", "no split 'test'", "without a split name", "drop --split", split="test")
+    assert len(open_dataset(tmp_path / "plain", prompt_template="Q?")) == 3
+    named = datasets.Dataset.from_dict({"image": [png((1, 2, 3))], "question": ["q"]},
+                                       split=datasets.Split.TRAIN).cast_column("image", datasets.Image())
+    named.save_to_disk(tmp_path / "named")
+    message(tmp_path / "named", "no split 'test'", "'train' split", split="test")
+    assert len(open_dataset(tmp_path / "named", split="train")) == 1
+
+
+def docvqa_parquet(path, n, *, corrupt=()):
+    """The Hub's DocVQA layout: questionId, question, image struct, answers list (``corrupt``: rows whose image
+    bytes Pillow cannot read)."""
+    images = [b"not an image" if i in corrupt else png(colour(i)) for i in range(n)]
+    pq.write_table(pa.table({
+        "questionId": [1000 + i for i in range(n)],
+        "question": [f"q{i}" for i in range(n)],
+        "image": pa.array([{"bytes": b, "path": None} for b in images], IMAGE_STRUCT),
+        "answers": [[f"a{i}"] for i in range(n)],
+    }), path, row_group_size=8)
+    return path
+
+
+def test_docvqa_layout_needs_task_text_and_reads_its_question_ids(tmp_path):
+    path = docvqa_parquet(tmp_path / "docvqa.parquet", 4)
+    message(path, "column 'answers' holds reference answers", "--task text", "--task label")
+    ds = open_dataset(path, task="text", id_column="questionId")
+    assert [i.id for i in ds.items] == ["1000", "1001", "1002", "1003"]
+    assert ds.items[0].references == ("a0",)
+    assert [i.id for i in open_dataset(path, task="text").items] == ["0", "1", "2", "3"]
+    message(path, "no column 'qid' (--id-column)", "questionId", task="text", id_column="qid")
+    assert open_dataset(path, task="label", prompt_template="Q?").referenced == 0  # ignored, as asked
+    assert open_dataset(path, task="text", no_labels=True).referenced == 0  # label-free: no scoring
+
+
+def test_a_fixed_parquet_file_has_another_digest(tmp_path):
+    path = docvqa_parquet(tmp_path / "docvqa.parquet", 40, corrupt=range(20, 40))
+    broken = open_dataset(path, task="text").sha256
+    docvqa_parquet(path, 40)
+    assert open_dataset(path, task="text").sha256 != broken

@@ -19,7 +19,7 @@ def _store_at_0002_with_an_old_run(url):
     engine = create_engine(normalise_url(url), poolclass=NullPool)
     # As a run stored at revision 0002 holds them: without the settings added since (no_labels, controls, ...).
     later = ("no_labels", "controls", "matched_to", "task", "image_column", "question_column", "answer_column",
-             "dataset_split")
+             "dataset_split", "id_column")
     settings = {k: v for k, v in RunSettings(arms=list(OLD_ARMS), max_new_tokens=4).__dict__.items() if k not in later}
     with engine.begin() as connection:
         now = "2026-01-01 00:00:00"

@@ -195,3 +195,44 @@ def test_answers_with_bytes_that_are_not_utf8_are_recorded_as_such(demo, text_ma
     assert [row["utf8_valid"] for row in rows] == [False, True]
     assert rows[0]["answer_text"].endswith("\ufffd") and rows[0]["scores"]["anls"] > 0.9
     assert arm_kpis(outcomes_from_rows(rows), [])["not_utf8"] == 1
+
+
+def test_no_labels_on_a_text_task_is_label_free_and_plan_agrees_with_tune(text_manifest, tmp_path, capsys):
+    """`pilot run --task text --no-labels` scored against the answers all the same, and `pilot plan --metric anls`
+    then called a pruning that changed half the answers "met with confidence"; `pilot tune` refuses anls there."""
+    path = _parquet(text_manifest.parent, text_manifest, tmp_path / "test-00000-of-00001.parquet")
+    report = _run(["--dataset", str(path), "--task", "text", "--question-column", "query", "--no-labels",
+                   "--arm", "baseline", "--arm", "random:prune_after=1,keep=0.1"], tmp_path, capsys)
+    base, rand = report["arms"]
+    assert base["n_referenced"] == rand["n_referenced"] == 0 and base.get("anls") is None
+    assert rand["vs_baseline"]["anls_vs_baseline"] < 1.0  # compared with the baseline's answers instead
+    assert all(r.references is None and r.scores is None for r in _results(tmp_path, "random:prune_after=1,keep=0.1"))
+    assert main(["plan", str(report["run_id"]), "--metric", "anls", "--max-drop", "0.01", "--db",
+                 str(tmp_path / "p.db")]) == 0
+    assert "budget on --metric anls_vs_baseline" in capsys.readouterr().err
+
+
+def test_the_tuners_run_it_line_replays_what_the_study_read():
+    """The line dropped --task, --split and the columns: pasted as printed it ran a label task."""
+    import shlex
+
+    from pilot.cli import build_parser
+    from tuner.study import TuneSettings
+
+    settings = TuneSettings(model="/models/qwen", dataset="/data/docvqa", task="text", dataset_split="validation",
+                            question_column="query", answer_column="answers", image_column="page",
+                            id_column="questionId", prompt_template="Answer: {labels}", max_new_tokens=16,
+                            batch_size=4, device="cuda", dtype="bfloat16", no_labels=True,
+                            metric="anls_vs_baseline")
+    arm = "transprune:prune_after=4/6/9,keep=0.5/0.25/0.125"
+    line = settings.run_command(["baseline", arm])
+    words = shlex.split(line)
+    assert words[:2] == ["pilot", "run"]
+    args = build_parser().parse_args(words[1:])
+    assert (args.model, args.dataset, args.task, args.split) == ("/models/qwen", "/data/docvqa", "text", "validation")
+    assert (args.question_column, args.answer_column, args.image_column, args.id_column) == (
+        "query", "answers", "page", "questionId")
+    assert (args.prompt_template, args.max_new_tokens, args.batch_size) == ("Answer: {labels}", 16, 4)
+    assert (args.device, args.dtype, args.no_labels, args.arm) == ("cuda", "bfloat16", True, ["baseline", arm])
+    plain = TuneSettings(dataset="d.csv").run_command(["baseline", "transprune"])
+    assert plain == "pilot run --model demo --dataset d.csv --arm baseline --arm transprune"

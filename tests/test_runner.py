@@ -15,6 +15,7 @@ from sqlalchemy import create_engine, func, select
 from pilot import runner
 from pilot.cli import main
 from pilot.data import synthetic
+from pilot.report import format_report
 from pilot.runner import RunError, RunSettings, execute
 from pilot.store import models as db
 from pilot.store import normalise_url, open_store
@@ -82,6 +83,12 @@ def test_bad_images_are_recorded_and_the_run_goes_on(checkpoint, manifest, tmp_p
             select(db.SampleResult).where(db.SampleResult.error.is_not(None), db.SampleResult.arm_id == 1))}
     assert set(errors) == {"x1", "x2", "x3"}
     assert "missing.png" in errors["x1"] and "corrupt.jpg" in errors["x2"] and "truncated.png" in errors["x3"]
+    # The messages themselves reach the report (it said only "errors 3"), by message with their counts and arms.
+    assert report["n_errors"] == 9 and len(report["errors"]) == 3
+    missing = next(entry for entry in report["errors"] if "missing.png" in entry["message"])
+    assert missing["count"] == 3 and missing["arms"] == ARMS and missing["sample_ids"] == ["x1"]
+    text = format_report(report)
+    assert "Errors: 9 failed results" in text and errors["x2"] in text
 
 
 def test_too_many_errors_stop_the_run_and_keep_results(checkpoint, manifest, tmp_path):
@@ -178,6 +185,86 @@ def test_ctrl_c_marks_the_run_interrupted_and_resume_finishes(checkpoint, long_m
     with sessions() as session:
         assert session.get(db.Run, 1).status == "completed"
     assert len(result_counts(url)) == 2 * LONG_RUN
+
+
+def test_sigterm_marks_the_run_interrupted_like_ctrl_c(checkpoint, long_manifest, tmp_path):
+    """What kill, Slurm and Kubernetes send: the run was left "running"; now it is interrupted and resumable."""
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    process = subprocess.Popen(_cli(checkpoint, long_manifest, url, "--name", "pilot-t"), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    _wait_for_results(url, 2, process)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    assert "pilot run --resume 1" in stderr
+    sessions = open_store(url)
+    with sessions() as session:
+        run = session.get(db.Run, 1)
+        assert (run.status, run.error) == ("interrupted", "stopped by SIGTERM")
+        assert {w.outcome for w in session.scalars(select(db.Worker))} == {"interrupted"}
+
+
+def test_sigterm_stops_pilot_tune_as_ctrl_c_does(checkpoint, long_manifest, tmp_path):
+    url = f"sqlite:///{tmp_path / 't.db'}"
+    process = subprocess.Popen([sys.executable, "-m", "pilot.cli", "tune", "--model", str(checkpoint), "--dataset",
+                                str(long_manifest), "--labels", ",".join(synthetic.LABELS), "--batch-size", "1",
+                                "--trials", "50", "--db", url], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    _wait_for_results(url, 2, process)  # the tuning split's baseline run is under way
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    assert "rerun the same command to resume the study" in stderr
+    with open_store(url)() as session:
+        assert session.scalars(select(db.Run)).one().status == "interrupted"
+
+
+def _dataset_copy(manifest, folder):
+    shutil.copytree(manifest.parent, folder)
+    return folder / manifest.name
+
+
+def test_changed_data_is_a_new_run_and_a_named_run_on_it_is_refused(checkpoint, manifest, tmp_path):
+    """Fix the data and rerun: the rerun resumed the old run and kept its errors, mixing two versions of the data."""
+    copy = _dataset_copy(manifest, tmp_path / "data")
+    images = sorted((tmp_path / "data" / "images").glob("*.png"))
+    good = [image.read_bytes() for image in images[:4]]
+    for image in images[:4]:
+        image.write_bytes(b"not an image")
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    run_settings = settings(checkpoint, copy)
+    run_settings.max_error_rate = 0.1
+    with pytest.raises(RunError, match="failed"):  # 12 of 24 results failed
+        execute(run_settings, db_url=url, progress=False)
+    for image, data in zip(images, good, strict=False):
+        image.write_bytes(data)
+    report = execute(settings(checkpoint, copy, max_error_rate=0.1), db_url=url, progress=False)
+    assert report["run_id"] == 2 and report["status"] == "completed"  # a new run on the new data
+    assert all(arm["n"] == 8 and arm["errors"] == 0 for arm in report["arms"]) and report["n_errors"] == 0
+    with pytest.raises(RunError, match="read other data"):
+        execute(settings(checkpoint, copy, max_error_rate=0.1), db_url=url, progress=False, resume="1")
+    images[5].write_bytes(images[5].read_bytes() + b"\0")  # one more byte: another version again
+    with pytest.raises(RunError, match="read other data"):
+        execute(settings(checkpoint, copy, max_error_rate=0.1), db_url=url, progress=False, name=report["name"])
+
+
+def test_rerunning_retries_the_samples_that_failed(checkpoint, manifest, tmp_path, fresh_db_url):
+    """The same data again (a passing fault: here a file unreadable for a while, its size and time restored)."""
+    copy = _dataset_copy(manifest, tmp_path / "data")
+    image = sorted((tmp_path / "data" / "images").glob("*.png"))[2]
+    data, stat = image.read_bytes(), image.stat()
+    image.write_bytes(b"\0" * len(data))
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    url = fresh_db_url
+    first = execute(settings(checkpoint, copy, max_error_rate=0.5), db_url=url, progress=False, name="pilot-r")
+    assert first["n_errors"] == 3 and all(arm["n"] == 7 for arm in first["arms"])
+    image.write_bytes(data)
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    again = execute(settings(checkpoint, copy, max_error_rate=0.5), db_url=url, progress=False, name="pilot-r")
+    assert again["run_id"] == first["run_id"] and again["status"] == "completed"
+    assert again["n_errors"] == 0 and all(arm["n"] == 8 and arm["errors"] == 0 for arm in again["arms"])
+    rows = result_counts(url)
+    assert len(rows) == 3 * 8 and all(count == 1 for *_, count in rows)  # replaced under (arm, sample), none lost
 
 
 def test_json_outputs_and_study_file(checkpoint, manifest, tmp_path, capsys):

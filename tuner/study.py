@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 import sys
 import time
 import warnings
@@ -38,7 +39,15 @@ from pilot.generation import PreparedBatch, outcomes_from_rows, prepare_batch, r
 from pilot.metrics import SCORE_METRICS, VS_BASELINE_METRICS, budget_verdict, compare, metric_drop
 from pilot.models import LoadedModel, load
 from pilot.plan import plan_comparison, plan_sentence
-from pilot.runner import RunSettings, execute, load_dataset, select_items
+from pilot.progress import duration_text
+from pilot.runner import (
+    DEFAULT_BATCH_SIZE,
+    RunSettings,
+    execute,
+    load_dataset,
+    select_items,
+    stop_signals_interrupt,
+)
 from pilot.store import get_or_create, normalise_url, open_store, schema_lock, with_retries
 from pilot.store import models as db
 from pilot.summaries import outcomes
@@ -75,7 +84,7 @@ class TuneSettings:
     seed: int = 0
     heldout_fraction: float = 0.5
     split_seed: int = 0
-    batch_size: int = 8
+    batch_size: int = DEFAULT_BATCH_SIZE
     max_new_tokens: int | None = None  # None: each task's default (pilot.generation.TASK_MAX_NEW_TOKENS)
     device: str = "cpu"
     dtype: str = "float32"
@@ -91,6 +100,7 @@ class TuneSettings:
     question_column: str | None = None
     answer_column: str | None = None
     dataset_split: str | None = None
+    id_column: str | None = None
 
     def validate(self) -> None:
         if self.metric not in METRICS:
@@ -115,7 +125,7 @@ class TuneSettings:
             fixed.pop("no_labels", None)
         if fixed.get("warm_start"):  # likewise (the default)
             fixed.pop("warm_start", None)
-        for later in ("task", "image_column", "question_column", "answer_column", "dataset_split"):
+        for later in ("task", "image_column", "question_column", "answer_column", "dataset_split", "id_column"):
             if fixed.get(later) is None:  # added later still
                 fixed.pop(later, None)
         if fixed.get("max_new_tokens") is None:  # the per-task default: studies before it stored 4
@@ -130,7 +140,30 @@ class TuneSettings:
                            split_fraction=self.heldout_fraction, split_seed=self.split_seed,
                            no_labels=self.no_labels, task=self.task, image_column=self.image_column,
                            question_column=self.question_column, answer_column=self.answer_column,
-                           dataset_split=self.dataset_split)
+                           dataset_split=self.dataset_split, id_column=self.id_column)
+
+    def run_command(self, arms: list[str]) -> str:
+        """The ``pilot run`` line that replays ``arms`` on this study's data as the study read it: the same task,
+        split, columns, labels and settings, so that pasted as printed it scores what the study scored."""
+        flags: list[tuple[str, object]] = [
+            ("--model", self.model), ("--dataset", self.dataset), ("--task", self.task),
+            ("--split", self.dataset_split), ("--image-column", self.image_column),
+            ("--question-column", self.question_column), ("--answer-column", self.answer_column),
+            ("--id-column", self.id_column), ("--labels", ",".join(self.labels) if self.labels else None),
+            ("--prompt-template", self.prompt_template), ("--max-new-tokens", self.max_new_tokens),
+            ("--batch-size", self.batch_size if self.batch_size != DEFAULT_BATCH_SIZE else None),
+            ("--device", self.device if self.device != "cpu" else None),
+            ("--dtype", self.dtype if self.dtype != "float32" else None),
+        ]
+        words = ["pilot", "run"]
+        for flag, value in flags:
+            if value is not None:
+                words += [flag, str(value)]
+        if self.no_labels:
+            words.append("--no-labels")
+        for arm in arms:
+            words += ["--arm", arm]
+        return shlex.join(words)
 
 
 class TrialEvaluator:
@@ -239,14 +272,16 @@ def tune(settings: TuneSettings, *, db_url: str | None = None, log: Callable[[st
          progress: bool = True, verbose: bool = False) -> dict:
     """Run (or resume) the study, then verify candidates on held-out data. Returns the result dict.
 
-    Optuna's own per-trial INFO lines are off unless ``verbose`` (our ``log`` lines say the same, shorter)."""
+    Optuna's own per-trial INFO lines are off unless ``verbose`` (our ``log`` lines say the same, shorter). SIGTERM
+    stops it as Ctrl-C does (``pilot.runner.Terminated``): the trial in progress is failed, a rerun resumes."""
     log = log or (lambda message: print(message, file=sys.stderr))
     settings.validate()
     previous = optuna.logging.get_verbosity()
     if not verbose:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        return _tune(settings, db_url, log, progress)
+        with stop_signals_interrupt():
+            return _tune(settings, db_url, log, progress)
     finally:
         optuna.logging.set_verbosity(previous)
 
@@ -357,16 +392,26 @@ def _tune(settings: TuneSettings, db_url: str | None, log: Callable[[str], None]
     drop_attr = DROP_ATTRS[settings.metric]
     drop_name = DROP_NAMES.get(settings.metric, settings.metric.replace("_", " "))
 
+    ran = [0]  # trials this invocation ran: the progress part of each trial's line (ETA from their pace)
+
+    def progress_text() -> str:
+        ran[0] += 1
+        elapsed = time.time() - searching
+        left = max(0, remaining - ran[0])
+        eta = f", ETA {duration_text(elapsed / ran[0] * left)}" if left else ""
+        return f"[{ran[0]}/{remaining}{eta}] "
+
     def report(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         attrs = trial.user_attrs
+        where = progress_text() if progress else ""
         if trial.state == optuna.trial.TrialState.COMPLETE:
             prefill = attrs.get("prefill_ratio")
-            log(f"trial {trial.number}: {attrs['strategy']}  drop {attrs[drop_attr]:+.3f} ({drop_name}), "
+            log(f"{where}trial {trial.number}: {attrs['strategy']}  drop {attrs[drop_attr]:+.3f} ({drop_name}), "
                 f"TFLOPs x{attrs['paper_tflops_ratio']:.3f}, prefill "
                 f"{'-' if prefill is None else f'x{prefill:.3f}'} (paired with baseline), "
                 f"{'feasible' if attrs['feasible'] else 'over budget'}")
         else:
-            log(f"trial {trial.number}: {attrs.get('strategy')}  {trial.state.name.lower()} "
+            log(f"{where}trial {trial.number}: {attrs.get('strategy')}  {trial.state.name.lower()} "
                 f"after {attrs.get('evaluated_samples', 0)} samples")
 
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
@@ -467,9 +512,7 @@ def _select_and_verify(study, settings, sessions, name, db_url, loaded, log, pro
         session.commit()
     result["wall_s"] = round(time.time() - started, 1)
     if result["recommended"]:
-        result["how_to_run"] = (f"pilot run --model {settings.model} "
-                                + (f"--dataset {settings.dataset} " if settings.dataset else "")
-                                + f"--arm baseline --arm '{result['recommended']}'")
+        result["how_to_run"] = settings.run_command(["baseline", result["recommended"]])
     return result
 
 

@@ -19,7 +19,12 @@ Decisions a caller should know:
   different labels. Declared labels keep their order; inferred labels are ``sorted()`` (string order,
   so ``"10"`` sorts before ``"2"``).
 * ``id`` defaults to the image path relative to the manifest's folder, normalised, in posix form
-  (``./a/../b.png`` is ``b.png``); ids must be unique.
+  (``./a/../b.png`` is ``b.png``); ids must be unique. ``id_column`` (``--id-column``) reads the ids from another
+  column (e.g. ``questionId``).
+* :attr:`Dataset.sha256` is the SHA-256 of the manifest's bytes and of each image's path, size and modification
+  time (``os.stat``: a fraction of a second for 100k images, where reading their bytes would take minutes). A
+  changed, added or removed image changes it; copies keep it when they keep the files' times (``cp -p``,
+  ``rsync -a``).
 * :attr:`Item.image` is the *resolved* absolute path (symlinks inside the folder followed). Paths that
   leave the dataset folder (``..``, absolute paths elsewhere, symlinks pointing out) are refused.
 * Images are not opened or checked for existence here: a missing image is a per-sample error at run time.
@@ -43,11 +48,16 @@ Tasks and references (open-ended answers):
 * ``json`` rows: the model's answer will be parsed as JSON; the one reference is the object in ``answer`` (CSV:
   its JSON text; JSON lines: the object itself or a string holding it), kept as canonical JSON text
   (``json.dumps(obj, sort_keys=True, ensure_ascii=False)``).
-* ``text`` and ``json`` rows may have no reference (an empty or missing ``answer``): a pilot then compares the
-  arms with the baseline's answers. An explicit empty list or an empty string inside ``answers`` is an error
-  ("empty reference"), as is a reference of the wrong type for its task. ``label`` rows ignore ``answer`` /
-  ``answers``; a ``label`` on a ``text`` / ``json`` row is kept on the item but not checked against the declared
-  labels nor added to the inferred label set.
+* ``text`` and ``json`` rows may have no reference: a missing, null or empty ``answer``, or an empty ``answers``
+  list (``[]``) all mean "no reference", and a pilot then compares the arms with the baseline's answers. An empty
+  string inside ``answers`` is an error ("empty reference"), as is a reference of the wrong type for its task.
+  ``no_labels`` drops the references too: every arm is then compared with the baseline's answers only, as the
+  label-free tuner does.
+* ``label`` rows ignore ``answer`` / ``answers``; but a manifest whose rows are label rows only by default (no
+  ``task=`` given, no ``task`` column) and whose ``answer`` / ``answers`` column holds values is refused: that is
+  a forgotten ``--task text``. Pass ``task="label"`` (``--task label``) to ignore the answers on purpose. A
+  ``label`` on a ``text`` / ``json`` row is kept on the item but not checked against the declared labels nor
+  added to the inferred label set.
 """
 
 from __future__ import annotations
@@ -58,7 +68,7 @@ import io
 import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
@@ -188,6 +198,7 @@ def load_manifest(
     name: str | None = None,
     no_labels: bool = False,
     task: str | None = None,
+    id_column: str | None = None,
 ) -> Dataset:
     """Read and validate a manifest; raise :class:`ManifestError` naming the file and line on any problem.
 
@@ -196,23 +207,72 @@ def load_manifest(
     set (and its order); without it the labels are the manifest's unique labels, sorted. ``name`` defaults
     to the name of the manifest's folder. ``no_labels`` ignores the rows' labels (every item is unlabelled); the
     label set is still the declared one, else the column's values. ``task`` is the task of rows without a
-    ``task`` value (``None``: ``label``).
+    ``task`` value (``None``: ``label``; see the module docstring for an ``answer`` column then). ``id_column``
+    names the column holding the ids (default ``id``, else the image path).
     """
     path = Path(path)
     declared = declared_labels(path, labels)
     default_task = dataset_task(path, task)
     data, rows = read_rows(path)
     folder = path.absolute().parent
-    return assemble_dataset(
+    id_key = _id_key(path, rows, id_column)
+    if task is None:
+        refuse_forgotten_task([(f"{path}:{row.line}", row.values) for row in rows])
+    dataset = assemble_dataset(
         path.absolute(),
-        _manifest_rows(path, folder, rows, default_task, csv_cells=_kind(path) == "csv"),
-        sha256=hashlib.sha256(data).hexdigest(),
+        _manifest_rows(path, folder, rows, default_task, csv_cells=_kind(path) == "csv", id_key=id_key),
+        sha256="",
         kind=_kind(path),
         prompt_template=prompt_template,
         declared=declared,
         no_labels=no_labels,
         name=name if name is not None else (folder.name or path.stem),
     )
+    return replace(dataset, sha256=content_digest(data, dataset.items))
+
+
+def content_digest(data: bytes, items: Iterable[Item]) -> str:
+    """SHA-256 of a listing file's bytes and of each image file's path, size and modification time (see the module
+    docstring); a missing image counts as missing, so its appearing later changes the digest too."""
+    digest = hashlib.sha256(data)
+    for item in items:
+        if not isinstance(item.image, Path):  # pragma: no cover - manifests and imagefolders list files
+            continue
+        try:
+            stat = os.stat(item.image)
+            state = f"{stat.st_size} {stat.st_mtime_ns}"
+        except OSError:
+            state = "missing"
+        digest.update(f"\0{item.image}\0{state}".encode())
+    return digest.hexdigest()
+
+
+def refuse_forgotten_task(rows: Iterable[tuple[str, dict[str, object]]]) -> None:
+    """Label rows by default (no ``--task``) with values in ``answer`` / ``answers`` and no ``task`` column: refused,
+    since the answers would be ignored (``--task label`` ignores them on purpose). ``rows``: (where, values)."""
+    for row_where, values in rows:
+        if "task" in values:
+            return
+        for column in REFERENCE_COLUMNS:
+            value = values.get(column)
+            if _given(value) and value != [] and value != "[]":
+                raise ManifestError(forgotten_task_message(row_where, column))
+
+
+def forgotten_task_message(where: str, column: str) -> str:
+    return (f"{where}: column {column!r} holds reference answers, but the rows are label rows (the default task), "
+            f"which ignore them; pass --task text to score open-ended answers against {column!r} (--task json for "
+            "JSON objects), or --task label to ignore the column")
+
+
+def _id_key(path: Path, rows: Sequence[Row], id_column: str | None) -> str:
+    if id_column is None:
+        return "id"
+    key = id_column.strip().lower()
+    if not any(key in row.values for row in rows):
+        found = sorted({k for row in rows for k in row.values})
+        raise ManifestError(f"{path}: no column {key!r} (--id-column); columns: {', '.join(found) or 'none'}")
+    return key
 
 
 def assemble_dataset(
@@ -276,7 +336,7 @@ def assemble_dataset(
                 question=row.question or default_question,
                 line=row.line,
                 task=row.task,
-                references=row.references,
+                references=() if no_labels else row.references,  # label-free: compared with the baseline only
             )
         )
     return Dataset(name=name, manifest=manifest, sha256=sha256, items=tuple(built), labels=dataset_labels, kind=kind)
@@ -310,7 +370,7 @@ def parse_references(where: str, field: str, task: str, value: object, *, mode: 
 
     ``mode``: ``one`` (a single reference; a list is also read as several), ``list`` (must be a list, as JSON lines'
     ``answers``), ``json-text-list`` (a CSV cell holding a JSON array, as CSV's ``answers``). ``None`` and blank
-    strings outside a list mean "no reference"; an explicit empty list or a blank string inside one is an error.
+    strings outside a list and an empty list mean "no reference"; a blank string inside a list is an error.
     """
     if task == "label" or value is None:
         return ()
@@ -334,10 +394,7 @@ def parse_references(where: str, field: str, task: str, value: object, *, mode: 
         )
     if isinstance(value, list | tuple):
         if not value:
-            raise ManifestError(
-                f"{where}: {field} is an empty reference list; drop it (a row may have no reference) or list "
-                "the reference answers"
-            )
+            return ()  # an empty list, like null and an empty cell: this row has no reference
         if task == "json":
             if len(value) != 1:
                 raise ManifestError(
@@ -563,12 +620,13 @@ def _jsonl_rows(path: Path, text: str, required: Sequence[str]) -> list[Row]:
 
 
 def _manifest_rows(
-    path: Path, folder: Path, rows: list[Row], default_task: str, *, csv_cells: bool
+    path: Path, folder: Path, rows: list[Row], default_task: str, *, csv_cells: bool, id_key: str = "id"
 ) -> Iterator[RowFields]:
     resolved_folder = folder.resolve()
     for row in rows:
         where = f"{path}:{row.line}"
         fields = {key: cell_text(where, key, row.values.get(key)) for key in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS)}
+        fields["id"] = cell_text(where, id_key, row.values.get(id_key))
         image_value = fields["image"].strip()
         if not image_value:
             raise ManifestError(f"{where}: empty 'image' value; give the image path for this row")
