@@ -396,6 +396,25 @@ def format_plan(plans: Sequence[dict], max_drop: float, metric: str = "f1") -> l
                           [False, True, True, True, True, True, False])
 
 
+def budget_verdicts(report: dict, max_drop: float, metric: str = "f1") -> list[dict]:
+    """Each pruned arm's verdict on a budget (``pilot.metrics.budget_verdict``) with its sample-size plan and the
+    plan as a sentence: what ``pilot report --json`` adds under ``verdicts``. ``metric`` as ``budget_metric``
+    resolves it for the run (a run without labels: the drop it has instead)."""
+    from pilot.metrics import budget_verdict
+    from pilot.plan import metric_key, plan_report, plan_sentence
+
+    key = metric_key(budget_metric(list(report.get("arms") or []), metric))
+    by_name = {arm.get("name"): arm for arm in report.get("arms") or []}
+    out = []
+    for plan in plan_report(report, max_drop, key):
+        comparison = (by_name.get(plan["arm"]) or {}).get("vs_baseline") or {}
+        out.append({"arm": plan["arm"], "strategy": plan["strategy"], "metric": key, "max_drop": max_drop,
+                    "verdict": budget_verdict(comparison, key, max_drop),
+                    "plan": {k: v for k, v in plan.items() if k not in ("arm", "strategy")},
+                    "plan_text": plan_sentence(plan)})
+    return out
+
+
 def metric_key_of(metric: str | None) -> str:
     from pilot.plan import metric_key
 
