@@ -50,6 +50,7 @@ Z95 = 1.959963984540054
 
 # A verdict's refusal when the baseline scores at the metric's floor (no drop is possible on these samples).
 FLOOR = "the baseline scores at the floor of {metric} on every paired sample, so no drop can show: no verdict"
+FLOOR_START = FLOOR.split("{")[0]  # how a refused verdict's reason starts
 
 # McNemar: below this many discordant pairs the exact binomial test is used, at or above it the
 # chi-square approximation with continuity correction.

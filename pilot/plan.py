@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from pilot.bounds import ALPHA, betting_upper, clopper_pearson
-from pilot.metrics import _BUDGET_TOL, SCORE_METRICS, VS_BASELINE_METRICS, budget_verdict
+from pilot.metrics import _BUDGET_TOL, FLOOR_START, SCORE_METRICS, VS_BASELINE_METRICS, budget_verdict
 
 Z = 1.959963984540054  # the normal quantile of a one-sided 97.5% bound (the large-n width of macro-F1's bootstrap)
 METRICS = {"f1": "f1", "f1_macro": "f1", "accuracy": "accuracy", "agreement": "agreement",
@@ -274,7 +274,7 @@ def plan_sentence(plan: Mapping[str, Any]) -> str:
         if plan["reason"] == WILL_NOT_HELP:
             return (f"{seen}: the observed drop already reaches the budget of {budget}, so more samples will not "
                     "show it met.")
-        if plan["reason"] and plan["reason"].startswith("the baseline scores at the floor"):
+        if str(plan["reason"]).startswith(FLOOR_START):
             return f"{seen}: {plan['reason']}."
         return f"{seen}: no sample-size estimate ({plan['reason']})."
     return (f"{seen}: needs {plan['more_needed']:,} more paired samples ({plan['samples_needed']:,} in all) for the "

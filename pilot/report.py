@@ -370,12 +370,15 @@ def _answer_changes(arms: list[dict]) -> list[str]:
 
 _PLAN_NOTES = {"met": "met with confidence", "will_not_help": "drop >= budget: more samples will not help",
                "assumes": "if the drop and its spread hold", "no_pairs": "no paired results",
-               "no_discordance": "no discordance information"}
+               "no_discordance": "no discordance information", "floor": "baseline at the floor: no verdict"}
 
 
 def _plan_note(plan: dict) -> str:
     from pilot import plan as planning
+    from pilot.metrics import FLOOR_START
 
+    if str(plan.get("reason") or "").startswith(FLOOR_START):
+        return _PLAN_NOTES["floor"]
     return _PLAN_NOTES[{planning.MET: "met", planning.WILL_NOT_HELP: "will_not_help", planning.ASSUMES: "assumes",
                         planning.NO_PAIRS: "no_pairs"}.get(plan["reason"], "no_discordance")]
 
@@ -428,7 +431,7 @@ def format_report(report: dict, max_drop: float | None = 0.01, metric: str = "f1
     lines = _header(report)
     if not arms:
         return "\n".join([*lines, "", "(no arms)"]) + "\n"
-    lines += ["", "Quality (Δ = pruned - baseline, paired; 95% CI by paired bootstrap)"]
+    lines += ["", "Quality (Δ = pruned - baseline, paired; 95% CI valid at any n: docs/sample-sizes.md)"]
     lines += _arm_table(arms, _quality_columns())
     lines += [
         "",
@@ -437,7 +440,7 @@ def format_report(report: dict, max_drop: float | None = 0.01, metric: str = "f1
     lines += _arm_table(arms, _cost_columns())
     if open_ended(arms):
         if any(a.get("n_referenced") for a in arms):
-            lines += ["", "Open-ended answers against their references (means per sample; Δ paired, bootstrap 95% CI)"]
+            lines += ["", "Open-ended answers against their references (means per sample; Δ paired, 95% CI)"]
             lines += _arm_table(arms, _score_columns(arms))
         if any((a.get("vs_baseline") or {}).get("vs_baseline_n") for a in arms):
             lines += ["", "Open-ended answers against the baseline's (no reference needed)"]

@@ -153,6 +153,13 @@ def test_a_baseline_at_the_floor_gets_no_verdict():
         plan = plan_comparison(comparison, 0.05, metric)
         assert plan["samples_needed"] is None and plan["reason"] == verdict["reason"]
         assert "floor" in plan_sentence(plan)
+    from pilot.report import format_report
+
+    arm = {"n": 400, "n_labelled": 400, "accuracy": 0.0, "f1_macro": 0.0, "f1_per_class": {"a": 0.0, "b": 0.0}}
+    report = {"run_id": 1, "name": "floor", "arms": [{**arm, "name": "baseline", "strategy": "baseline",
+                                                      "vs_baseline": None},
+                                                     {**arm, "name": "tp", "strategy": "tp", "vs_baseline": labels}]}
+    assert "baseline at the floor: no verdict" in format_report(report, 0.05)
     # agreement has no floor: 400 equal answers meet 1% of changed answers with confidence
     assert budget_verdict(labels, "agreement", 0.01)["met_with_confidence"]
     # one baseline row above the floor is enough for a verdict
