@@ -52,7 +52,7 @@ _TITLES = {"f1": "macro-F1", "accuracy": "accuracy", "agreement": "answer change
            "field_f1": "JSON field F1", "field_precision": "JSON field precision", "field_recall": "JSON field recall",
            "anls_vs_baseline": "ANLS to baseline", "token_f1_vs_baseline": "token F1 to baseline"}
 # Every metric has a title, also a text metric added to pilot.scoring later (its name, spaced).
-TITLES = {key: _TITLES.get(key, key.replace("_", " ")) for key in {**_TITLES, **METRICS}}
+TITLES = {key: _TITLES.get(METRICS.get(key, key), key.replace("_", " ")) for key in {**_TITLES, **METRICS}}
 # Past this many samples the bound's large-n width stands in for evaluating it (each evaluation is O(n)).
 EXACT_UP_TO = 100_000
 _LARGEST = 10**9  # no search beyond a billion samples
