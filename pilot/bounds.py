@@ -114,3 +114,37 @@ def clopper_pearson(successes: int | np.ndarray, n: int | np.ndarray, alpha: flo
     if np.ndim(low) == 0:
         return float(low), float(high)
     return low, high
+
+
+def betting_upper_path(values: Sequence[float] | np.ndarray, low: float, high: float, alpha: float = ALPHA,
+                       grid: int = 1024, chunk: int = 4096) -> np.ndarray:
+    """The upper bound after each value, ``out[t]`` on ``values[:t + 1]``: a confidence sequence (the bets tuned
+    for any time, the paper's eq. 27), so with probability at least ``1 - alpha`` the mean is under ``out[t]`` at
+    every t at once: a live guardrail may check it after each sample and stop at the first alarm. On a grid of
+    ``grid`` candidate means (the bound is rounded up to the next grid point: at most ``(high - low) / grid``
+    wider than ``betting_upper``); memory O(grid * chunk), time O(grid * n)."""
+    x = np.asarray(values, dtype=np.float64)
+    if not high > low:
+        raise ValueError(f"need low < high, not [{low}, {high}]")
+    span = high - low
+    x = (x - low) / span
+    if len(x) and (x.min() < -1e-12 or x.max() > 1 + 1e-12):
+        raise ValueError(f"values must lie in [{low}, {high}]")
+    x = np.clip(x, 0.0, 1.0)
+    bets = _predictable_bets(x, alpha, None)
+    m = np.linspace(0.0, 1.0, grid + 1)  # m[grid] = 1 is never rejected (no bet can win against it)
+    cap = C_TRUNCATE / (1.0 - m[:-1])
+    log_wealth = np.zeros(grid)
+    ever = np.zeros(grid, dtype=bool)  # rejected at some time so far: stays rejected (the running intersection)
+    out = np.empty(len(x))
+    threshold = math.log(1.0 / alpha)
+    for start in range(0, len(x), chunk):
+        xs, lam = x[start:start + chunk], np.minimum(bets[start:start + chunk][None, :], cap[:, None])
+        path = log_wealth[:, None] + np.cumsum(np.log1p(lam * (m[:-1, None] - xs[None, :])), axis=1)
+        rejected = ever[:, None] | (np.maximum.accumulate(path, axis=1) >= threshold)
+        kept = ~rejected
+        # the largest kept grid index at each time (-1 when none is kept), and the bound just above it
+        last = np.where(kept.any(axis=0), grid - 1 - np.argmax(kept[::-1], axis=0), -1)
+        out[start:start + len(xs)] = low + span * m[last + 1]
+        log_wealth, ever = path[:, -1], rejected[:, -1]
+    return out
