@@ -102,6 +102,8 @@ def verdict(arm: Mapping[str, Any], max_drop: float, metric: str = "f1") -> Verd
     if not comparison:
         return Verdict("unknown", "No verdict", "No comparison with a baseline arm.", {})
     v = budget_verdict(comparison, key, max_drop)
+    if v.get("reason"):  # refused: the baseline scores at the floor of the metric
+        return Verdict("unknown", "No verdict", f"{v['reason'][0].upper()}{v['reason'][1:]} (baseline {name} 0).", v)
     if v["met"] is None:
         if key in SCORE_METRICS and comparison.get("n_paired"):
             return Verdict("unknown", "No verdict", f"No paired samples with reference answers, so no {name} "

@@ -106,7 +106,12 @@ def _report(args: argparse.Namespace) -> int:
     sessions = open_store(args.db)
     with sessions() as session:
         report = build_report(session, find_run(session, args.run).id)
-    print(json.dumps(report) if args.json else format_report(report, args.max_drop, args.metric))
+    if args.json:  # the verdict and plan for --metric / --max-drop, as the text report's closing table has them
+        from pilot.report import budget_verdicts
+
+        print(json.dumps({**report, "verdicts": budget_verdicts(report, args.max_drop, args.metric)}))
+        return 0
+    print(format_report(report, args.max_drop, args.metric))
     return 0
 
 

@@ -1,13 +1,20 @@
 """KPIs of one arm, and the paired comparison of a pruned arm with the baseline.
 
 Definitions follow docs/kpis.md: accuracy, macro-F1 (scikit-learn's, ``invalid`` answers count as wrong),
-invalid rate, agreement; paired bootstrap intervals and McNemar's test for the differences to baseline;
-mean of per-sample FLOP ratios and ratio of means; latency percentiles.
+invalid rate, agreement; intervals valid at every n and McNemar's test for the differences to baseline; mean of
+per-sample FLOP ratios and ratio of means; latency percentiles.
+
+Intervals (docs/sample-sizes.md): every difference that is a mean of per-sample values in a known range (accuracy,
+the open-ended scores, the similarities to the baseline) gets a betting interval (``pilot.bounds``, Waudby-Smith
+and Ramdas), each end a 97.5% bound at any n, also when every pair is equal; the share of changed answers an
+exact Clopper-Pearson interval; macro-F1, not a per-sample mean, the paired bootstrap widened to at least the
+accuracy interval's half-widths (so that few discordant pairs cannot give a point). A verdict is refused when the
+baseline scores at the floor of the metric (``budget_verdict``'s ``reason``).
 
 Pilots without labels: a sample whose label is ``""`` (``pilot.data.manifest.UNLABELLED``) counts for
 everything but the label-based KPIs (accuracy, macro-F1, their differences, McNemar), which use the labelled
 samples only (``n_labelled``). Agreement with the baseline's answer (both normalised to a label or ``invalid``)
-uses every paired sample, with a Wilson score 95% interval (``agreement_ci``; a percentile bootstrap of a share
+uses every paired sample, with a Clopper-Pearson 95% interval (``agreement_ci``; a percentile bootstrap of a share
 near 1 collapses to a point when no answer changed), and ``answer_changes`` gives, per baseline answer, how many
 samples had it and how many of them the pruned arm answers otherwise. ``budget_verdict(..., "agreement")``
 reads the budget as the largest share of changed answers. An empty label set means free-text answers: any
@@ -27,20 +34,25 @@ import numpy as np
 from scipy import stats
 from sklearn.metrics import f1_score
 
-from pilot.scoring import score_vs_baseline
+from pilot.bounds import betting_interval, clopper_pearson
+from pilot.scoring import TEXT_METRICS, score_vs_baseline
 
 INVALID = "invalid"
 UNLABELLED = ""  # pilot.data.manifest.UNLABELLED (no torch or data imports here)
 OPEN_TASKS = ("text", "json")
-# Per-sample scores of open-ended answers against their references (pilot.scoring): text, then json fields.
-SCORE_METRICS = ("exact_match", "anls", "token_f1", "relaxed_accuracy", "relaxed_accuracy_lenient", "field_precision",
-                 "field_recall", "field_f1")
+# Per-sample scores of open-ended answers against their references (pilot.scoring): text, then json fields;
+# each in [0, 1].
+SCORE_METRICS = (*TEXT_METRICS, "field_precision", "field_recall", "field_f1")
 # Label-free, open-ended: each pruned answer scored against the baseline's answer (1.0: the same text).
 VS_BASELINE_METRICS = ("anls_vs_baseline", "token_f1_vs_baseline")
 METRICS = ("f1", "accuracy", "agreement", *SCORE_METRICS, *VS_BASELINE_METRICS)
 # Other spellings of a budget metric: the tuner's name for macro-F1, and a short one for accuracy.
 METRIC_ALIASES = {"f1_macro": "f1", "acc": "accuracy"}
 Z95 = 1.959963984540054
+
+# A verdict's refusal when the baseline scores at the metric's floor (no drop is possible on these samples).
+FLOOR = "the baseline scores at the floor of {metric} on every paired sample, so no drop can show: no verdict"
+FLOOR_START = FLOOR.split("{")[0]  # how a refused verdict's reason starts
 
 # McNemar: below this many discordant pairs the exact binomial test is used, at or above it the
 # chi-square approximation with continuity correction.
@@ -180,6 +192,14 @@ def wilson_interval(successes: int, n: int, z: float = Z95) -> list[float] | Non
     low = 0.0 if successes == 0 else max(0.0, centre - half)  # exact at the ends (no float dust)
     high = 1.0 if successes == n else min(1.0, centre + half)
     return [low, high]
+
+
+def clopper_pearson_interval(successes: int, n: int) -> list[float] | None:
+    """The exact (Clopper-Pearson) two-sided 95% interval of a share ``successes / n``; None when n is 0."""
+    if n <= 0:
+        return None
+    low, high = clopper_pearson(successes, n)
+    return [float(low) + 0.0, float(high) + 0.0]
 
 
 def _codes(outcomes: Sequence[Outcome], labels: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -402,7 +422,8 @@ def compare(
     """Paired comparison of ``pruned`` with ``baseline`` on the samples with a result in both arms.
 
     Label-based differences (macro-F1, accuracy, McNemar) on the labelled pairs (``n_labelled``), None without
-    any; agreement, its Wilson 95% interval and the answer changes per baseline answer on every pair."""
+    any; agreement, its Clopper-Pearson 95% interval and the answer changes per baseline answer on every pair.
+    ``resamples`` and ``seed``: macro-F1's paired bootstrap (the other intervals are not resampled)."""
     labels = list(dict.fromkeys(labels))  # may be empty: free-text answers
     if resamples < 1:
         raise ValueError("resamples must be >= 1")
@@ -427,15 +448,19 @@ def compare(
         rng = np.random.default_rng(seed)
         counts = _resample_counts(rng.integers(0, n_labelled, size=(resamples, n_labelled)), n_labelled)
         boot_f1 = _macro_f1_from_counts(counts, t, pred_p, k) - _macro_f1_from_counts(counts, t, pred_b, k)
-        boot_acc = counts @ (correct_p - correct_b) / n_labelled
+        acc_ci = betting_interval(correct_p - correct_b, -1.0, 1.0)
+        f1_boot = _ci(boot_f1)
 
         nb = int(np.sum((correct_b == 1) & (correct_p == 0)))
         nc = int(np.sum((correct_b == 0) & (correct_p == 1)))
         out.update(
             f1_delta=float(f1_delta),
-            f1_delta_ci=_ci(boot_f1),
+            f1_delta_ci=_f1_interval(float(f1_delta), f1_boot, float(acc_delta), acc_ci),
+            f1_delta_ci_bootstrap=f1_boot,
+            f1_baseline=float(_macro_f1_from_counts(ones, t, pred_b, k)[0]),
             accuracy_delta=float(acc_delta),
-            accuracy_delta_ci=_ci(boot_acc),
+            accuracy_delta_ci=acc_ci,
+            accuracy_baseline=float(correct_b.mean()),
             mcnemar_p=mcnemar_p(nb, nc),
             discordant={"baseline_only": nb, "pruned_only": nc},
         )
@@ -443,16 +468,19 @@ def compare(
         out.update(
             f1_delta=None,
             f1_delta_ci=None,
+            f1_delta_ci_bootstrap=None,
+            f1_baseline=None,
             accuracy_delta=None,
             accuracy_delta_ci=None,
+            accuracy_baseline=None,
             mcnemar_p=None,
             discordant={"baseline_only": 0, "pruned_only": 0},
         )
     agree, changes = _agreement(b_all, p_all, labels)
-    out.update(agreement=agree / n if n else None, agreement_ci=wilson_interval(agree, n), answer_changes=changes)
-    rng = np.random.default_rng(seed + 1)  # its own stream: the label intervals above stay as they were
-    out.update(_score_deltas(b_all, p_all, rng, resamples))
-    out.update(_vs_baseline(b_all, p_all, rng, resamples))
+    out.update(agreement=agree / n if n else None, agreement_ci=clopper_pearson_interval(agree, n),
+               answer_changes=changes)
+    out.update(_score_deltas(b_all, p_all))
+    out.update(_vs_baseline(b_all, p_all))
 
     out.update(
         paper_tflops_ratio=_mean_of_ratios(b_all, p_all, "paper_tflops"),
@@ -465,33 +493,48 @@ def compare(
     return out
 
 
-def mean_ci(values: np.ndarray, rng: np.random.Generator, resamples: int) -> list[float] | None:
-    """Percentile bootstrap 95% interval of the mean of ``values`` (paired differences, or scores)."""
-    n = len(values)
-    if not n:
-        return None
-    counts = _resample_counts(rng.integers(0, n, size=(resamples, n)), n)
-    return _ci(counts @ values / n)
+def _f1_interval(f1_delta: float, boot: list[float], acc_delta: float, acc_ci: list[float] | None) -> list[float]:
+    """Macro-F1's interval: the paired bootstrap's, widened on each side to at least the accuracy interval's
+    half-width there. The bootstrap alone is a point when every pair is equal and too narrow with few discordant
+    pairs; the accuracy half-width (a betting bound, valid at any n) measures how far those discordant pairs
+    can move a per-sample mean, and a changed answer moves macro-F1 about as far (by 1/(K * share of its class)
+    instead of 1: more for rare classes, where the bootstrap itself is wide)."""
+    if acc_ci is None:
+        return boot
+    low = min(boot[0], f1_delta - (acc_delta - acc_ci[0]))
+    high = max(boot[1], f1_delta + (acc_ci[1] - acc_delta))
+    return [max(low, -1.0) + 0.0, min(high, 1.0) + 0.0]
 
 
-def _score_deltas(b: Sequence[Outcome], p: Sequence[Outcome], rng: np.random.Generator, resamples: int) -> dict:
+def _score_deltas(b: Sequence[Outcome], p: Sequence[Outcome]) -> dict:
     """Per open-ended score: the mean paired difference (pruned - baseline) over the samples scored in both
-    arms, its bootstrap 95% interval and ``n``."""
+    arms, its betting 95% interval (``pilot.bounds``: each difference is in [-1, 1]), ``n``, and the baseline's
+    mean on those samples (``{metric}_baseline``: 0 is the floor, where no drop can show)."""
     out: dict = {}
     for metric in SCORE_METRICS:
-        pairs = [(ob.score(metric), op.score(metric)) for ob, op in zip(b, p, strict=True)]
-        diffs = np.array([y - x for x, y in pairs if x is not None and y is not None], dtype=np.float64)
+        pairs = np.array([(ob.score(metric), op.score(metric)) for ob, op in zip(b, p, strict=True)
+                          if ob.score(metric) is not None and op.score(metric) is not None],
+                         dtype=np.float64).reshape(-1, 2)
+        diffs = pairs[:, 1] - pairs[:, 0]
         out[f"{metric}_delta"] = float(diffs.mean()) + 0.0 if len(diffs) else None
-        out[f"{metric}_delta_ci"] = mean_ci(diffs, rng, resamples)
+        out[f"{metric}_delta_ci"] = betting_interval(_unit(diffs, metric, -1.0), -1.0, 1.0)
         out[f"{metric}_delta_sd"] = float(diffs.std(ddof=1)) if len(diffs) > 1 else None  # for pilot.plan
         out[f"{metric}_n"] = len(diffs)
+        out[f"{metric}_baseline"] = float(pairs[:, 0].mean()) if len(diffs) else None
     return out
 
 
-def _vs_baseline(b: Sequence[Outcome], p: Sequence[Outcome], rng: np.random.Generator, resamples: int) -> dict:
+def _unit(values: np.ndarray, metric: str, low: float) -> np.ndarray:
+    """``values`` checked to lie in [low, 1] (float dust clipped): a score outside [0, 1] is a scoring bug."""
+    if len(values) and (values.min() < low - 1e-9 or values.max() > 1 + 1e-9):
+        raise ValueError(f"{metric}: per-sample values must lie in [{low:g}, 1], got [{values.min()}, {values.max()}]")
+    return np.clip(values, low, 1.0)
+
+
+def _vs_baseline(b: Sequence[Outcome], p: Sequence[Outcome]) -> dict:
     """Open-ended answers without references: each pruned answer scored against the baseline's (ANLS and token
-    F1 with bootstrap 95% intervals), the share of answers that changed (Wilson 95%) and the mean change in
-    answer length (characters, pruned - baseline)."""
+    F1 with betting 95% intervals on [0, 1]), the share of answers that changed (Clopper-Pearson 95%) and the mean
+    change in answer length (characters, pruned - baseline)."""
     pairs = [(ob, op) for ob, op in zip(b, p, strict=True)
              if ob.open_ended and ob.answer_text is not None and op.answer_text is not None]
     scores = [score_vs_baseline(op.answer_text, ob.answer_text) for ob, op in pairs]
@@ -499,11 +542,11 @@ def _vs_baseline(b: Sequence[Outcome], p: Sequence[Outcome], rng: np.random.Gene
     for metric in VS_BASELINE_METRICS:
         values = np.array([s[metric] for s in scores], dtype=np.float64)
         out[metric] = float(values.mean()) if len(values) else None
-        out[f"{metric}_ci"] = mean_ci(values, rng, resamples)
+        out[f"{metric}_ci"] = betting_interval(_unit(values, metric, 0.0), 0.0, 1.0)
         out[f"{metric}_sd"] = float(values.std(ddof=1)) if len(values) > 1 else None  # for pilot.plan
     changed = sum(bool(s["changed"]) for s in scores)
     out["answers_changed"] = changed / len(scores) if scores else None
-    out["answers_changed_ci"] = wilson_interval(changed, len(scores))
+    out["answers_changed_ci"] = clopper_pearson_interval(changed, len(scores))
     out["length_change_chars"] = _mean(s["length_change_chars"] for s in scores)
     return out
 
@@ -529,8 +572,8 @@ def _agreement(b: Sequence[Outcome], p: Sequence[Outcome], labels: list[str]) ->
 def metric_drop(comparison: dict, metric: str) -> tuple[float | None, float | None, float | None]:
     """(drop, low end, high end of its 95% interval) of ``metric`` (one of METRICS); None where the comparison has
     no value. f1, accuracy and the open-ended scores (SCORE_METRICS): drop = -delta, the mean paired difference.
-    Agreement: drop = the share of changed answers, 1 - agreement, its interval from the agreement's Wilson
-    interval; the similarities to the baseline (VS_BASELINE_METRICS): drop = 1 - the mean similarity."""
+    Agreement: drop = the share of changed answers, 1 - agreement, its interval from the agreement's
+    Clopper-Pearson interval; the similarities to the baseline (VS_BASELINE_METRICS): drop = 1 - the mean similarity."""
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {', '.join(METRICS)}, not {metric!r}")
     if metric in ("agreement", *VS_BASELINE_METRICS):  # a similarity to the baseline: drop = 1 - it
@@ -546,19 +589,34 @@ def metric_drop(comparison: dict, metric: str) -> tuple[float | None, float | No
     return drop, -float(ci[1]) + 0.0, -float(ci[0]) + 0.0
 
 
+def baseline_floor(comparison: dict, metric: str) -> bool:
+    """Whether the baseline scores at the floor of ``metric`` on the paired samples (macro-F1, accuracy or an
+    open-ended score of 0 on every one): the pruned arm cannot score lower there, so a drop of 0 says nothing
+    about the budget. Never for agreement and the similarities to the baseline (they start at "identical")."""
+    if metric in ("agreement", *VS_BASELINE_METRICS):
+        return False
+    value = comparison.get(f"{metric}_baseline")
+    return value is not None and float(value) <= _BUDGET_TOL
+
+
 def budget_verdict(comparison: dict, metric: str = "f1", max_drop: float = 0.01) -> dict:
-    """Whether a pruned arm meets a quality budget (docs/kpis.md).
+    """Whether a pruned arm meets a quality budget (docs/kpis.md, docs/sample-sizes.md).
 
     drop = -delta (``agreement``: the share of answers that change, 1 - agreement); ``met`` when drop <= max_drop,
-    ``met_with_confidence`` when the upper end of the drop's 95% interval is too. ``None`` where the comparison
-    has no value.
+    ``met_with_confidence`` when the upper end of the drop's 95% interval (valid at any n) is too. ``None`` where
+    the comparison has no value, and both ``None`` with a ``reason`` when the verdict is refused: the baseline
+    scores at the floor of the metric on every paired sample (``baseline_floor``).
     """
     drop, _, drop_ci_high = metric_drop(comparison, metric)
-    return {
+    out = {
         "metric": metric,
         "max_drop": max_drop,
         "drop": drop,
         "drop_ci_high": drop_ci_high,
         "met": None if drop is None else drop <= max_drop + _BUDGET_TOL,
         "met_with_confidence": None if drop_ci_high is None else drop_ci_high <= max_drop + _BUDGET_TOL,
+        "reason": None,
     }
+    if drop is not None and baseline_floor(comparison, metric):
+        out.update(met=None, met_with_confidence=None, reason=FLOOR.format(metric=metric))
+    return out

@@ -381,12 +381,15 @@ def _answer_changes(arms: list[dict]) -> list[str]:
 
 _PLAN_NOTES = {"met": "met with confidence", "will_not_help": "drop >= budget: more samples will not help",
                "assumes": "if the drop and its spread hold", "no_pairs": "no paired results",
-               "no_discordance": "no discordance information"}
+               "no_discordance": "no discordance information", "floor": "baseline at the floor: no verdict"}
 
 
 def _plan_note(plan: dict) -> str:
     from pilot import plan as planning
+    from pilot.metrics import FLOOR_START
 
+    if str(plan.get("reason") or "").startswith(FLOOR_START):
+        return _PLAN_NOTES["floor"]
     return _PLAN_NOTES[{planning.MET: "met", planning.WILL_NOT_HELP: "will_not_help", planning.ASSUMES: "assumes",
                         planning.NO_PAIRS: "no_pairs"}.get(plan["reason"], "no_discordance")]
 
@@ -408,6 +411,25 @@ def format_plan(plans: Sequence[dict], max_drop: float, metric: str = "f1") -> l
                           [False, True, True, True, True, True, False])
 
 
+def budget_verdicts(report: dict, max_drop: float, metric: str = "f1") -> list[dict]:
+    """Each pruned arm's verdict on a budget (``pilot.metrics.budget_verdict``) with its sample-size plan and the
+    plan as a sentence: what ``pilot report --json`` adds under ``verdicts``. ``metric`` as ``budget_metric``
+    resolves it for the run (a run without labels: the drop it has instead)."""
+    from pilot.metrics import budget_verdict, metric_key
+    from pilot.plan import plan_report, plan_sentence
+
+    key = metric_key(budget_metric(list(report.get("arms") or []), metric))
+    by_name = {arm.get("name"): arm for arm in report.get("arms") or []}
+    out = []
+    for plan in plan_report(report, max_drop, key):
+        comparison = (by_name.get(plan["arm"]) or {}).get("vs_baseline") or {}
+        out.append({"arm": plan["arm"], "strategy": plan["strategy"], "metric": key, "max_drop": max_drop,
+                    "verdict": budget_verdict(comparison, key, max_drop),
+                    "plan": {k: v for k, v in plan.items() if k not in ("arm", "strategy")},
+                    "plan_text": plan_sentence(plan)})
+    return out
+
+
 def format_report(report: dict, max_drop: float | None = 0.01, metric: str = "f1") -> str:
     """The run's report as aligned plain-text tables: quality, compute and latency, per-class F1, and the samples a
     verdict at ``max_drop`` (of ``metric``'s drop) needs (left out when ``max_drop`` is None)."""
@@ -415,7 +437,7 @@ def format_report(report: dict, max_drop: float | None = 0.01, metric: str = "f1
     lines = _header(report)
     if not arms:
         return "\n".join([*lines, "", "(no arms)"]) + "\n"
-    lines += ["", "Quality (Δ = pruned - baseline, paired; 95% CI by paired bootstrap)"]
+    lines += ["", "Quality (Δ = pruned - baseline, paired; 95% CI valid at any n: docs/sample-sizes.md)"]
     lines += _arm_table(arms, _quality_columns())
     lines += [
         "",
@@ -424,7 +446,7 @@ def format_report(report: dict, max_drop: float | None = 0.01, metric: str = "f1
     lines += _arm_table(arms, _cost_columns())
     if open_ended(arms):
         if any(a.get("n_referenced") for a in arms):
-            lines += ["", "Open-ended answers against their references (means per sample; Δ paired, bootstrap 95% CI)"]
+            lines += ["", "Open-ended answers against their references (means per sample; Δ paired, 95% CI)"]
             lines += _arm_table(arms, _score_columns(arms))
         if any((a.get("vs_baseline") or {}).get("vs_baseline_n") for a in arms):
             lines += ["", "Open-ended answers against the baseline's (no reference needed)"]

@@ -189,7 +189,9 @@ def test_overview_tiles_and_verdicts_match_the_report(store, monkeypatch):
     page = texts(at)
     for arm in pruned:
         assert verdicts.verdict(arm, 0.01).label in page
-    assert "Budget" in page
+    # the tiny random model answers every sample wrong: its baseline is at the floor, so no verdict (issue 24,
+    # defect 5; before, "Budget met with confidence" on a macro-F1 of 0 in both arms)
+    assert "No verdict" in page and "floor" in page
     # the batch size and the machine stand next to the latency-based numbers
     assert f"batch size **{report['batch_size']}**" in page
     assert fmt.machine_text(report["machine"]) in page
@@ -251,7 +253,7 @@ def test_budget_input_moves_the_budget_line(store, monkeypatch):
     assert not at.exception
     frames, _ = chart_frames(at)
     assert any(list(f.columns) == ["y", "text"] and f["y"].iloc[0] == pytest.approx(-5.0) for f in frames)
-    assert "budget of 5.0 pts" in texts(at)
+    assert "max macro-F1 drop 5.0 pts" in texts(at)  # no arm meets it: the baseline is at the floor (issue 24)
 
 
 # ---------------------------------------------------------------- states

@@ -51,7 +51,8 @@ def test_text_pilot_from_a_csv_manifest(text_manifest, tmp_path, capsys):
     # ... and keeping a tenth of the tokens at random loses quarters: the scores and their paired drop say so.
     assert rand["anls"] < 0.95 and rand["vs_baseline"]["anls_delta"] < 0
     low, high = rand["vs_baseline"]["anls_delta_ci"]
-    assert low <= rand["vs_baseline"]["anls_delta"] <= high < 0
+    # 8 pairs: an interval valid at any n is wide (the bootstrap's, before issue 24, was under 0 on 8 pairs)
+    assert -1 <= low <= rand["vs_baseline"]["anls_delta"] <= high <= 1 and high - low > 0.3
     assert rand["vs_baseline"]["vs_baseline_n"] == 8 and rand["vs_baseline"]["answers_changed"] > 0
     assert transprune["anls"] >= rand["anls"]
     rows = _results(tmp_path, "baseline")
@@ -157,7 +158,9 @@ def test_json_answers_that_do_not_parse_count_wrong_and_show_on_their_own(text_m
 
 def test_tune_on_anls_reaches_a_verdict(text_manifest, tmp_path, capsys):
     db_path = tmp_path / "t.db"
-    assert main(["tune", "--dataset", str(text_manifest), "--metric", "anls", "--max-drop", "0.5", "--trials", "2",
+    # 8 images, 4 held out: no valid 97.5% bound is under 1 - 0.025**(1/4) = 60 points after 4 pairs, so the
+    # budget is 80 points (it was 50, met only by the bootstrap's degenerate interval)
+    assert main(["tune", "--dataset", str(text_manifest), "--metric", "anls", "--max-drop", "0.8", "--trials", "2",
                  "--batch-size", "4", "--db", str(db_path), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["metric"] == "anls" and result["recommended"] is not None
@@ -167,7 +170,7 @@ def test_tune_on_anls_reaches_a_verdict(text_manifest, tmp_path, capsys):
     from tuner.select import format_summary
 
     summary = format_summary(result)
-    assert "ANLS drop at most 50.0 points" in summary and "macro-F1" not in summary
+    assert "ANLS drop at most 80.0 points" in summary and "macro-F1" not in summary
 
 
 def test_anls_budget_without_references_is_refused_with_the_way_out(tmp_path, capsys):

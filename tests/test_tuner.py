@@ -35,19 +35,22 @@ def trials_of(url, name):
 
 
 def test_tune_recommends_a_feasible_schedule_verified_on_heldout(checkpoint, tune_manifest, tmp_path):
+    # The shipped demo model: the small random one scores 0 (the floor: no verdict, issue 24; before, its
+    # "recommendation" rested on a macro-F1 of 0 in both arms). 8 held-out pairs: a valid 97.5% bound is over
+    # 46 points even when all are equal, over 50 with one changed answer, so the budget is 80 points.
     url = f"sqlite:///{tmp_path / 't.db'}"
-    result = tune(settings(checkpoint, tune_manifest), db_url=url, progress=False)
+    result = tune(settings(checkpoint, tune_manifest, model="demo", max_drop=0.8), db_url=url, progress=False)
     assert result["trials"] == 4
-    assert result["recommended"] is not None
+    assert result["recommended"] is not None, result["verified"]
     trials = trials_of(url, result["study"])
     chosen = next(t for t in trials if t.user_attrs.get("strategy") == result["recommended"])
     assert all(v <= 0 for v in chosen.constraints.values()) and chosen.user_attrs["feasible"]
     for trial in trials:  # the constraint is what set_constraint stored: drop - budget
         if trial.state == optuna.trial.TrialState.COMPLETE:
             drop = trial.user_attrs["f1_drop"]
-            assert trial.constraints["drop_over_budget"] == pytest.approx(drop - 0.5)
+            assert trial.constraints["drop_over_budget"] == pytest.approx(drop - 0.8)
     held = result["heldout"]
-    assert held["f1_drop_ci_high"] <= 0.5 and held["verdict"]["met_with_confidence"]
+    assert held["f1_drop_ci_high"] <= 0.8 and held["verdict"]["met_with_confidence"]
     sessions = open_store(url)
     with sessions() as session:
         run = session.get(db.Run, held["run_id"])

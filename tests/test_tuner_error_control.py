@@ -1,8 +1,10 @@
 """Recommendations with error control (tuner/select.py), on simulated trials of known true drop: no model.
 
 Each simulated study: trials with a known compute ratio and true drop; their tuning-split outcomes give the drop
-and the upper end of its 95% interval (the report's percentile bootstrap); the selection orders the feasible ones;
-each verification draws fresh held-out outcomes and applies the report's rule (upper end within the budget). A
+and the upper end of its 95% interval (the normal approximation: it only sets the order); the selection orders
+the feasible ones;
+each verification draws fresh held-out outcomes and applies the report's rule (the upper end of its betting bound,
+``pilot.bounds``, within the budget). A
 false recommendation is a recommended schedule whose *true* drop breaks the budget.
 
     .venv/bin/pytest -q -s tests/test_tuner_error_control.py   # prints the rates and the power
@@ -11,6 +13,7 @@ false recommendation is a recommended schedule whose *true* drop breaks the budg
 import numpy as np
 import pytest
 
+from pilot.bounds import betting_upper
 from tuner.select import Candidate, fixed_sequence, format_summary, frontier, verification_order
 
 BUDGET = 0.03
@@ -26,12 +29,12 @@ def _counts(n, drop, rng):
     return rng.multinomial(n, [(q + drop) / 2, (q - drop) / 2, 1 - q])
 
 
-def _observed(n, drop, rng, resamples=1000):
-    """(observed drop, upper end of its 95% percentile-bootstrap interval) of one simulated pilot, as the report
-    computes it (a bootstrap resample of {-1, 0, 1} values is a multinomial draw of their counts)."""
-    counts = _counts(n, drop, rng)
-    boot = rng.multinomial(n, counts / n, size=resamples)
-    return (counts[0] - counts[1]) / n, float(np.percentile((boot[:, 0] - boot[:, 1]) / n, 97.5))
+def _observed(n, drop, rng):
+    """(observed drop, upper end of its 95% interval) of one simulated pilot, as the report computes it: the
+    betting bound on the paired differences in the order they came."""
+    plus, minus, _ = _counts(n, drop, rng)
+    d = rng.permutation(np.concatenate([np.ones(plus), -np.ones(minus), np.zeros(n - plus - minus)]))
+    return (plus - minus) / n, betting_upper(d, -1.0, 1.0)
 
 
 def _observed_fast(n, drop, rng):

@@ -13,13 +13,14 @@ before any held-out result is seen: it starts one frontier step safer than the c
 tuning upper end is within the budget (or, when none is, at the frontier trial with the lowest upper end) and
 steps to cheaper frontier trials, at most ``limit`` in all. Each candidate is verified on the held-out split at
 the full level, with the report's own rule (``met_with_confidence``: the upper end of the drop's two-sided 95%
-paired-bootstrap interval within the budget, a one-sided test at 2.5%), and the sequence stops at the first
-candidate that fails. The recommendation is the last candidate that held, i.e. the cheapest verified one. A
-fixed-sequence procedure controls the familywise error rate at the level of each test: the chance of recommending
-a schedule whose true drop breaks the budget is at most 2.5% nominally (the bootstrap interval is approximate:
-2.6% in simulation at the budget's edge; the bound asked for is 5%), however many candidates are verified.
-Verifying candidates one after another and recommending the first that passes (the rule before) does not: with
-candidates at the budget's edge it says "met" falsely about three times as often (7.8% in the same simulation).
+interval within the budget, a one-sided test at 2.5%; that end is a bound valid at any n, docs/sample-sizes.md),
+and the sequence stops at the first candidate that fails. The recommendation is the last candidate that held,
+i.e. the cheapest verified one. A fixed-sequence procedure controls the familywise error rate at the level of each
+test: the chance of recommending a schedule whose true drop breaks the budget is at most 2.5% (1.5% in simulation
+at the budget's edge with the betting bound of accuracy; macro-F1's widened bootstrap is checked by simulation;
+the bound asked for is 5%), however many candidates are verified. Verifying candidates one after another and
+recommending the first that passes (the rule before) does not: with candidates at the budget's edge it says "met"
+falsely more often (3.5% in the same simulation; 7.8% with the bootstrap interval before issue 24).
 """
 
 from __future__ import annotations
@@ -70,8 +71,9 @@ def verification_order(candidates: Sequence[Candidate], max_drop: float, limit: 
     the anchor (or at the frontier trial with the lowest upper end when no trial is within budget) and continues
     to cheaper frontier trials, ``limit`` in all at most. Starting one step safer: the anchor, the cheapest of the
     trials that looked within budget, is also the one the winner's curse flatters most, and the sequence ends at the
-    first failure; in simulation (tests/test_tuner_error_control.py) it lifts the share of studies ending with a
-    recommendation that truly holds from 0.45 to 0.76, for a recommendation at 0.70x compute instead of 0.65x."""
+    first failure; in simulation (tests/test_tuner_error_control.py, with the bootstrap interval before issue 24)
+    it lifted the share of studies ending with a recommendation that truly holds from 0.45 to 0.76, for a
+    recommendation at 0.70x compute instead of 0.65x (0.53 with the betting bound, which is valid at any n)."""
     if limit < 1:
         return []
     front = frontier(candidates)  # cheapest first
