@@ -235,12 +235,12 @@ def test_report_json_carries_the_verdict_and_plan(tmp_path, capsys):
 
 
 def test_dashboard_verdict_says_why_there_is_none_at_the_floor():
-    from dashboard import data
+    from dashboard import verdicts
 
     comparison = compare(*_text_pairs(50, base_score=0.0), [])
-    verdict = data.verdict({"vs_baseline": comparison}, 0.05, "anls")
+    verdict = verdicts.verdict({"vs_baseline": comparison}, 0.05, "anls")
     assert verdict.status == "unknown" and "floor" in verdict.text and verdict.label == "No verdict"
-    assert data.verdict({"vs_baseline": compare(*_text_pairs(6), [])}, 0.02, "anls").status == "met"
+    assert verdicts.verdict({"vs_baseline": compare(*_text_pairs(6), [])}, 0.02, "anls").status == "met"
 
 
 def test_confidence_sequence_holds_at_every_time_at_once():
