@@ -18,10 +18,10 @@ export PIP_FIND_LINKS := $(TORCH_WHEELS)
 python-check:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { \
 	  echo "error: $(PYTHON) not found. The lock (requirements.lock) is for CPython 3.11: install it" \
-	       "(pyenv install 3.11, or your distribution's python3.11) or see README 'Environment'" \
+	       "(pyenv install 3.11, or your distribution's python3.11) or see docs/environment.md" \
 	       "for 3.12/3.13." >&2; exit 1; }
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || { \
-	  echo "error: $(PYTHON) is not CPython 3.11; requirements.lock is for 3.11 (README 'Environment')." >&2; \
+	  echo "error: $(PYTHON) is not CPython 3.11; requirements.lock is for 3.11 (docs/environment.md)." >&2; \
 	  exit 1; }
 
 $(PY): | python-check

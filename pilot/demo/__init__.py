@@ -23,7 +23,7 @@ DEMO_ARMS = ["baseline", "transprune", "transprune:positions=original", "fastv:a
              "pool:factor=2"]
 
 
-DEMO_BUDGET = 0.03  # macro-F1 points (0.03 = 3 points); why: see the module docstring and the README
+DEMO_BUDGET = 0.03  # macro-F1 points (0.03 = 3 points); why: see the module docstring and docs/demo.md
 DEMO_TEXT_BUDGET = 0.02  # ANLS (the plan table of the open-ended run)
 DEMO_TRIALS = 16
 

@@ -1,7 +1,7 @@
 """The interface every model family implements, and the grid helpers they share.
 
 An adapter answers, for one family of ``...ForConditionalGeneration`` models, what the engine's
-family-agnostic loop needs (see ../shared/docs/model-families.md):
+family-agnostic loop needs (see docs/families.md):
 
 1. ``language_model(model)``: the decoder stack (layers, final norm, rotary embedding).
 2. ``visual_inputs(model, inputs)``: which input positions hold visual tokens, per sample, read
