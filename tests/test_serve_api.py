@@ -23,7 +23,8 @@ from sqlalchemy import func, select
 from pilot.data.manifest import load_manifest
 from pilot.data.synthetic import CAPTION_QUESTION
 from pilot.generation import prepare_batch, run_arm_batch
-from pilot.serve.server import Runtime, running
+from pilot.serve.runtime import Runtime
+from pilot.serve.server import running
 from pilot.serve.settings import ServeSettings
 from pilot.store import models as db
 from pilot.store import open_store

@@ -21,7 +21,8 @@ from pilot.data.manifest import load_manifest
 from pilot.data.synthetic import CAPTION_QUESTION
 from pilot.generation import generate_batch, prepare_batch, run_arm_batch
 from pilot.serve.batcher import Preempted, preemptible
-from pilot.serve.server import Runtime, resolve_arm, running, serve
+from pilot.serve.runtime import Runtime
+from pilot.serve.server import resolve_arm, running, serve
 from pilot.serve.settings import ServeSettings
 from pilot.serve.shadow import LIVE_MANIFEST
 from pilot.store import models as db

@@ -31,7 +31,7 @@ from pilot.serve.batcher import Job
 from pilot.serve.chat import ApiError, build_prompt, load_images, parse_chat
 
 if TYPE_CHECKING:
-    from pilot.serve.server import Runtime
+    from pilot.serve.runtime import Runtime
 
 OPEN_PATHS = frozenset({"/health"})
 ROUTES = frozenset({"/health", "/metrics", "/v1/models", "/v1/chat/completions"})

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 from PIL import Image
@@ -35,9 +35,6 @@ from pilot.models import LoadedModel
 from pilot.serve import logs
 from pilot.serve.chat import ApiError
 from pilot.serve.metrics import ServeMetrics
-
-if TYPE_CHECKING:
-    from pilot.serve.shadow import ShadowRunner
 
 # The primary queue must have been empty this long before shadow work starts: clients that send their next request
 # as soon as an answer arrives leave gaps of a few milliseconds, too short to be worth a shadow batch.
@@ -88,6 +85,24 @@ class Job:
     @property
     def done(self) -> bool:
         return self.finish_reason is not None
+
+
+class ShadowWork(Protocol):
+    """What the batcher asks of the shadow A/B (``pilot.serve.shadow.ShadowRunner`` implements it): whether an
+    answered request is sampled, taking it, and running its pending work in the model's idle moments. The batcher
+    knows nothing else of the shadow, and the shadow module imports the batcher, not the other way round."""
+
+    @property
+    def pending(self) -> int: ...
+
+    def sample(self) -> bool: ...
+
+    def offer(self, job: Job, served_row: dict) -> None: ...
+
+    def run_batch(self, prepare: Callable[[Sequence], dict], should_yield: Callable[[], bool],
+                  live_since: Callable[[], float | None] = ...) -> None: ...
+
+    def drain(self, prepare: Callable[[Sequence], dict], deadline: float) -> None: ...
 
 
 def item_of(job_id: str) -> Item:
@@ -214,7 +229,7 @@ class Batcher:
     def __init__(self, loaded: LoadedModel, arm: str, *, device: torch.device, dtype: torch.dtype,
                  max_batch_size: int, max_wait_ms: float, max_queue: int, metrics: ServeMetrics,
                  context_tokens: int | None = None, threads: int | None = None,
-                 shadow: ShadowRunner | None = None) -> None:
+                 shadow: ShadowWork | None = None) -> None:
         self.loaded = loaded
         self.arm = arm
         self.device = device
