@@ -213,26 +213,22 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(args.db, limit=args.limit, trials=args.trials)
 
 
-def _serve(args: argparse.Namespace) -> int:
-    from pilot.serve.server import serve
+def serve_settings(args: argparse.Namespace):
+    """`pilot serve`'s settings from its flags, by field name: every setting has a flag of its own name
+    (tests/test_serve_flags.py checks it), so there is no copy by hand that can forget one."""
+    from dataclasses import fields
+
     from pilot.serve.settings import ServeSettings
 
-    settings = ServeSettings(
-        model=args.model, arm=args.arm, from_study=args.from_study, shadow=args.shadow, shadow_rate=args.shadow_rate,
-        host=args.host, port=args.port, api_key=args.api_key, allow_dirs=args.allow_dir or [],
-        max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
-        max_new_tokens=args.max_new_tokens, max_images=args.max_images, max_body_mb=args.max_body_mb,
-        max_image_mb=args.max_image_mb, max_image_megapixels=args.max_image_megapixels, device=args.device,
-        dtype=args.dtype, threads=args.threads, served_model_name=args.served_model_name, db=args.db,
-        run_name=args.run_name,
-        shadow_batch_size=args.shadow_batch_size, shadow_queue_max=args.shadow_queue_max,
-        shadow_summary_every=args.shadow_summary_every,
-        shadow_drain_s=args.shadow_drain_s, shutdown_timeout_s=args.shutdown_timeout_s, log_level=args.log_level,
-    )
-    return serve(settings)
+    settings = ServeSettings(**{f.name: getattr(args, f.name) for f in fields(ServeSettings)})
+    settings.allow_dirs = settings.allow_dirs or []  # --allow-dir given no time: none
+    return settings
 
 
-# ---------------------------------------------------------------- pilot review (blind human review)
+def _serve(args: argparse.Namespace) -> int:
+    from pilot.serve.server import serve
+
+    return serve(serve_settings(args))
 
 
 def _review_store(args: argparse.Namespace):
@@ -514,7 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="bind address (default: this machine only)")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port, logged)")
     serve.add_argument("--api-key", help="the key every route but /health requires (default: $PILOT_API_KEY)")
-    serve.add_argument("--allow-dir", action="append", metavar="DIR",
+    serve.add_argument("--allow-dir", action="append", metavar="DIR", dest="allow_dirs",
                        help="local image paths are read only under this directory; repeat (default: none, data "
                             "URLs only)")
     serve.add_argument("--max-batch-size", type=int, default=8, help="requests per batch (default 8)")
@@ -537,6 +533,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="sampled requests waiting for an idle moment; beyond it they are dropped (counted)")
     serve.add_argument("--shadow-summary-every", type=int, default=100,
                        help="stored pairs between summary writes (default 100; and at shutdown)")
+    serve.add_argument("--shadow-flush-s", type=float, default=1.0,
+                       help="computed shadow pairs wait at most this long before they are stored (default 1 s)")
+    serve.add_argument("--shadow-seed", type=int, default=0, help="seed of the shadow sampling (default 0)")
     serve.add_argument("--shadow-drain-s", type=float, default=5.0,
                        help="at shutdown, pending shadow work for up to this long (default 5 s)")
     serve.add_argument("--shutdown-timeout-s", type=float, default=30.0,
